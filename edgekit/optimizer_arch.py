@@ -48,6 +48,10 @@ class Family:
     classes: int
     activation: str
 
+    def describe(self) -> str:
+        """E.g. ``mobilenetv2 alpha 0.35 at 96x96``, for messages."""
+        return f"{self.family} alpha {self.alpha:g} at {self.input_shape[0]}x{self.input_shape[1]}"
+
 
 def detect(model) -> Family | None:
     """The ``keras.applications`` family of a Keras model, or None when it is not one we scale."""
@@ -67,6 +71,20 @@ def detect(model) -> Family | None:
     if isinstance(activation, dict):
         activation = activation.get("config", {}).get("name", "softmax")
     return Family(FAMILY, alpha, shape, int(head.units), str(activation))
+
+
+def recognise(model, where) -> Family:
+    """``detect(model)``, or an error saying why it is not a model we scale.
+
+    Raises:
+        InputError: ``model`` (loaded from ``where``) is not a scalable family.
+    """
+    fam = detect(model)
+    if fam is None:
+        raise InputError(f"{where}: arch scaling: the model is not a keras.applications "
+                         f"MobileNetV2 (no {', '.join(_LAYERS)} layers and Dense classifier): "
+                         "drop --arch-scaling")
+    return fam
 
 
 def student_name(alpha: float, resolution: int) -> str:
@@ -195,5 +213,5 @@ def estimate(model, train, students, epochs: int, batch_size: int = 32) -> dict:
     return {"students": out, "seconds": sum(v["seconds"] for v in out.values())}
 
 
-__all__ = ["Family", "detect", "candidates", "build_student", "train_student", "estimate",
+__all__ = ["Family", "detect", "recognise", "candidates", "build_student", "train_student", "estimate",
            "parse_student", "student_name", "FAMILY"]

@@ -78,6 +78,6 @@ def test_detection_and_candidates(mnv2):
     plain = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     assert detect(plain) is None
     plain.save(mnv2 / "plain.keras")
-    with pytest.raises(InputError, match="not built from keras.applications.MobileNetV2"):
+    with pytest.raises(InputError, match="arch scaling: the model is not a keras.applications"):
         optimize(mnv2 / "plain.keras", calibration=mnv2 / "calib.npz", train=mnv2 / "train.npz",
                  space=SearchSpace(arch_scaling=True), out=mnv2 / "o", budget=1)
