@@ -34,7 +34,9 @@ class ConvertOptions:
         float_io: tflite-int8 keeps float32 model inputs/outputs (quantize/dequantize inside).
         calibration_method: range estimation for onnx-int8.
         percentile: the percentile kept when ``calibration_method`` is percentile.
-        per_channel: per-channel weight scales for onnx-int8 (tflite-int8 is always per-channel).
+        per_channel: per-channel weight scales for onnx-int8 and tflite-int8; False gives one
+            scale per weight tensor (a clustered layer then keeps <= k int8 values, and the
+            file drops its per-channel scale arrays: smaller after gzip).
         opset: ONNX opset produced by tf2onnx for Keras/SavedModel sources.
         input_shapes: pins dynamic dims, input name → full shape (batch included).
         calibration_samples: calibration samples fed to the quantizer; ``None`` means up to

@@ -55,7 +55,7 @@ TARGETS: dict[str, TargetInfo] = {t.name: t for t in [
     TargetInfo("tflite-dynamic", "tflite", "dynamic-int8", TF_SOURCES | TFLITE_SOURCES, False, _TF, (),
                "converters.tflite_dynamic", "TFLite, int8 weights, float activations (dynamic range)"),
     TargetInfo("tflite-int8", "tflite", "int8", TF_SOURCES | TFLITE_SOURCES, True, _TF,
-               ("float_io", "calibration_samples", "float_nodes"),
+               ("float_io", "per_channel", "calibration_samples", "float_nodes"),
                "converters.tflite_int8", "TFLite, full integer int8 (int8 I/O unless --float-io)"),
     TargetInfo("tflite-int16x8", "tflite", "int16x8", TF_SOURCES, True, _TF, ("calibration_samples",),
                "converters.tflite_int16x8", "TFLite, int16 activations with int8 weights"),

@@ -82,6 +82,20 @@ def test_k16_fine_tuned_within_one_point_and_k_values_survive_conversion(digits_
                     out=tmp_path / "plain")
     assert max(w["max_unique_per_channel"] for w in weight_uniques(plain[0].path)) > 64
     assert "compression" not in plain[0].source
+    # Per-tensor int8: one grid per layer, so the layer keeps <= 16 values (per channel, each
+    # channel's own scale spreads the same 16 centroids over different int8 values), the
+    # file drops its per-channel scale arrays, and it gzips smaller at no cost in accuracy.
+    from converters import ConvertOptions
+    from converters.sparsity import file_sizes
+
+    pt = convert(out, ["tflite-int8"], calibration=split_path("calibration"),
+                 eval=split_path("eval"), out=tmp_path / "per-tensor",
+                 options=ConvertOptions(per_channel=False))[0]
+    assert pt.pass_config["per_channel"] is False and arts[1].pass_config["per_channel"] is True
+    assert all(w["dtype"] == "int8" and w["unique"] <= 16 for w in weight_uniques(pt.path))
+    assert max(w["unique"] for w in int8) > 16
+    assert file_sizes(pt.path)["gzip_bytes"] < file_sizes(arts[1].path)["gzip_bytes"]
+    assert pt.fidelity.accuracy >= arts[1].fidelity.accuracy - 0.01
 
 
 def test_per_channel_preserve_sparsity_keeps_zeros_and_names_skipped_layers(digits_path):

@@ -1,4 +1,4 @@
-"""Unstructured and 2:4 magnitude sparsity: exact sparsity, schedule, compressed size, errors."""
+"""Unstructured, block4 and 2:4 magnitude sparsity: exact sparsity, schedule, compressed size, errors."""
 
 from __future__ import annotations
 
@@ -32,6 +32,59 @@ def test_two_four_pattern_keeps_two_of_every_four_along_the_reduction_axis():
     kept = np.abs(w).reshape(-1, 4, 5) * groups
     dropped = np.abs(w).reshape(-1, 4, 5) * (1 - groups)
     assert np.all(kept.max(axis=1) >= dropped.max(axis=1))
+
+
+def test_block4_pattern_zeros_whole_blocks_of_input_channels_with_the_smallest_norm():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(3, 3, 10, 6)).astype("float32")  # 10 inputs: blocks 4 + 4 + 2
+    mask = magnitude_mask(w, 0.5, "block4")
+    blocks = [mask[:, :, 0:4, :], mask[:, :, 4:8, :], mask[:, :, 8:10, :]]
+    for b in blocks:  # each block is all kept or all zeroed, per (h, w, out)
+        assert np.all((b.min(axis=2) == b.max(axis=2)))
+    norms = np.stack([np.sqrt((w[:, :, s, :] ** 2).sum(axis=2))
+                      for s in (slice(0, 4), slice(4, 8), slice(8, 10))])
+    kept = np.stack([b[:, :, 0, :] for b in blocks]).astype(bool)
+    assert kept.sum() == kept.size - kept.size // 2
+    assert norms[kept].min() >= norms[~kept].max()
+    dense = magnitude_mask(rng.normal(size=(12, 5)).astype("float32"), 0.75, "block4")  # 15 blocks, 11 go
+    assert dense.sum() == 4 * 4 and np.all(dense.reshape(3, 4, 5).std(axis=1) == 0)
+
+
+def test_block4_sparsity_gzips_smaller_than_unstructured_in_the_tflite_file(tmp_path):
+    """Same model, same sparsity: the block pattern's zero runs compress better in the
+    converted file (OHWI / [out, in] store input channels contiguously)."""
+    import keras
+    import tensorflow as tf
+
+    from converters.sparsity import file_sizes
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 16, 16, 8)).astype("float32")
+    y = (x[:, :8, :8, :4].mean(axis=(1, 2)).argmax(axis=1)).astype("int64")
+    keras.utils.set_random_seed(0)
+    base = keras.Sequential([keras.Input((16, 16, 8)),
+                             keras.layers.Conv2D(64, 3, activation="relu"),
+                             keras.layers.Conv2D(64, 1, activation="relu"),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
+    base.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    base.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    sizes, zeros = {}, {}
+    for pattern in ("unstructured", "block4"):
+        m = keras.models.clone_model(base)
+        m.set_weights(base.get_weights())
+        report = sparsify(m, SparsitySpec(sparsity=0.8, schedule="constant", pattern=pattern,
+                                          keep_sensitive=False))
+        zeros[pattern] = report["sparsity"]
+        conv = tf.lite.TFLiteConverter.from_keras_model(m)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights: the mask's share shows
+        path = tmp_path / f"{pattern}.tflite"
+        path.write_bytes(conv.convert())
+        sizes[pattern] = file_sizes(path)
+    assert zeros["block4"] == pytest.approx(zeros["unstructured"], abs=0.01)
+    assert sizes["block4"]["bytes"] == sizes["unstructured"]["bytes"]
+    # Measured 0.92x (gzip) and 0.89x (zstd) here; a dense file would be 1.0x.
+    assert sizes["block4"]["gzip_bytes"] < 0.95 * sizes["unstructured"]["gzip_bytes"]
+    assert sizes["block4"]["zstd_bytes"] < 0.95 * sizes["unstructured"]["zstd_bytes"]
 
 
 def test_polynomial_schedule_ramps_to_the_target():

@@ -32,6 +32,8 @@ def selective_debugger(source, options, calibration):
     if not options.float_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+    if not options.per_channel:
+        converter._experimental_disable_per_channel = True
     names = [t.name for t in source.inputs]
 
     def debug_dataset():  # the debugger wants lists in input order, not dicts

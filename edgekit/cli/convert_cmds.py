@@ -30,7 +30,9 @@ def _split_targets(value):
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
               default="minmax", show_default=True, help="onnx-int8 activation range estimation.")
 @click.option("--percentile", type=float, default=None, help="Percentile kept by --calibration-method percentile.")
-@click.option("--per-tensor", is_flag=True, help="onnx-int8: one weight scale per tensor, not per channel.")
+@click.option("--per-tensor", is_flag=True,
+              help="onnx-int8 and tflite-int8: one weight scale per tensor, not per channel "
+                   "(keeps a clustered layer's k values; smaller after gzip).")
 @click.option("--reduce-range", is_flag=True,
               help="onnx-int8: 7-bit weights (avoids int8 saturation on x86 AVX2 CPUs without VNNI).")
 @click.option("--unsigned-activations", is_flag=True,

@@ -72,10 +72,12 @@ def _print_warnings(caught) -> list:
                    "(zip/gzip) size shrinks; dense CPU kernels run no faster.")
 @click.option("--schedule", type=click.Choice(["polynomial", "constant"]), default="polynomial",
               show_default=True, help="With --sparsity and --epochs: how sparsity ramps up.")
-@click.option("--pattern", type=click.Choice(["unstructured", "2:4"]), default="unstructured",
-              show_default=True, help="With --sparsity: 2:4 keeps 2 of every 4 weights (50%), "
-                                      "which sparse tensor cores (e.g. NVIDIA Ampere) run faster; "
-                                      "CPUs rarely do.")
+@click.option("--pattern", type=click.Choice(["unstructured", "block4", "2:4"]),
+              default="unstructured", show_default=True,
+              help="With --sparsity: block4 zeros whole blocks of 4 consecutive input channels "
+                   "(stored contiguously, so the file gzips smaller at the same sparsity); 2:4 "
+                   "keeps 2 of every 4 weights (50%), which sparse tensor cores (e.g. NVIDIA "
+                   "Ampere) run faster; CPUs rarely do.")
 @click.option("--lottery", is_flag=True, help="With --sparsity: lottery-ticket pruning (train "
               "--epochs, then --rounds of prune, rewind to --rewind-epoch, retrain).")
 @click.option("--rounds", type=click.IntRange(min=1), default=4, show_default=True,
