@@ -96,6 +96,7 @@ def advice_lines(rows, best, info, *, objective: str, max_accuracy_drop: float, 
     lines += _per_runtime(rows)
     lines += _drift(rows)
     lines += _explanations(rows, cpu, by)
+    lines += setting_lines(rows, cpu)
     lines += _misses(rows, model, max_accuracy_drop, device)
     lines += _next_steps(rows, best, model, objective, latency_budget_ms)
     return lines
@@ -296,7 +297,8 @@ def _misses(rows, model, budget, device) -> list[str]:
         elif r.failed_stage in ("convert", "benchmark"):
             verb = "build" if r.failed_stage == "convert" else f"run on {device}"
             out.append(f"{r.recipe} failed to {verb}: {(r.error or '')[:200]}")
-        elif r.ran and not r.within_budget and r.accuracy_drop is not None:
+        elif r.ran and not r.within_budget and r.accuracy_drop is not None and \
+                round(r.accuracy_drop, 9) > budget:  # not one over another constraint (size)
             where = "on the device" if r.accuracy_source == "device" else "on the host"
             out.append(f"{r.recipe} lost {r.accuracy_drop:.2f} accuracy points {where}, over the "
                        f"budget of {budget:g}"
@@ -336,3 +338,154 @@ def _next_steps(rows, best, model, objective, latency_budget_ms) -> list[str]:
         out.append("An int8 recipe missed the gate: with `--auto-mixed-precision` it may still "
                    "be the fastest; advise again after converting it that way.")
     return out
+
+
+#: Runtime and format settings whose measured effect is named when two rows differ only by it
+#: (``AdviceRow.variant`` keys).
+SETTINGS = ("xnnpack", "ort_opt_level", "quant_format")
+_LEVEL_ORDER = ("disable", "basic", "extended", "all")
+
+
+def setting_lines(rows, cpu: CpuFacts) -> list[str]:
+    """One line per group of measured rows that differ only by XNNPACK on/off, by the ONNX
+    Runtime graph optimization level, or by QDQ vs QOperator: the measured effect, the verdict
+    and, where the probe's CPU facts explain it, the likely cause. Rows without a ``variant``
+    (``advise``'s) and settings measured one way only give no line."""
+    out = []
+    for key in SETTINGS:
+        groups: dict = {}
+        for r in rows:
+            v = getattr(r, "variant", None)
+            if not r.ran or not v or key not in v:
+                continue
+            rest = tuple(sorted((k, repr(x)) for k, x in v.items() if k != key))
+            groups.setdefault(rest, {}).setdefault(v[key], r)
+        for by_value in groups.values():
+            if len(by_value) < 2:
+                continue
+            by_value = _one_session(by_value)
+            if key == "xnnpack" and True in by_value and False in by_value:
+                out.append(_xnnpack_line(by_value[True], by_value[False], cpu))
+            elif key == "ort_opt_level":
+                out.append(_ort_level_line(by_value, cpu))
+            elif key == "quant_format" and {"qdq", "qoperator"} <= set(by_value):
+                out.append(_quant_format_line(by_value["qdq"], by_value["qoperator"]))
+    return out
+
+
+def _one_session(by_value: dict) -> dict:
+    """Rows whose p50s compare: side-by-side values only if every row has one; else each row's
+    trial p50 (ratios to a baseline, from another session, are then left out)."""
+    from dataclasses import replace
+
+    side = [r.trial_p50_ms is not None for r in by_value.values()]
+    if all(side) or not any(side):
+        return by_value
+    return {k: replace(r, p50_ms=r.trial_p50_ms, latency_ratio=None, trial_p50_ms=None)
+            if r.trial_p50_ms is not None else replace(r, latency_ratio=None)
+            for k, r in by_value.items()}
+
+
+def _vs_base(r) -> str:
+    return f" ({_x(r.latency_ratio)} {r.baseline})" if r.latency_ratio and r.baseline \
+        and r.baseline != r.recipe else ""
+
+
+def _simd(cpu: CpuFacts) -> str:
+    """The vector instructions of the CPU, as the advice names them ("" if not reported)."""
+    if cpu.features is None:
+        return ""
+    if cpu.x86:
+        return "AVX-512" if cpu.has("avx512f") else "AVX2" if cpu.has("avx2") else ""
+    if cpu.arm:
+        return "NEON" + (" with dot product (asimddp)" if cpu.has("asimddp") else "")
+    return ""
+
+
+def _xnnpack_line(on, off, cpu: CpuFacts) -> str:
+    ratio = off.p50_ms / on.p50_ms
+    head = (f"{on.recipe} with XNNPACK {_ms(on.p50_ms)}{_vs_base(on)} vs LiteRT's built-in "
+            f"kernels ({off.recipe}) {_ms(off.p50_ms)}{_vs_base(off)}")
+    if ratio > 1 + SAME:
+        simd = _simd(cpu)
+        why = f"; its kernels are hand-tuned for this CPU's {simd}" if simd else ""
+        return f"{head}: XNNPACK {ratio:.2f}x faster{why}: keep XNNPACK (the default)."
+    if ratio < 1 / (1 + SAME):
+        why = ("; on a model this small the delegate's fixed cost per inference weighs more "
+               "than its kernels save" if on.p50_ms < TINY_MS else "")
+        return (f"{head}: the built-in kernels were {1 / ratio:.2f}x faster here{why}: run it "
+                "without XNNPACK (the recipe's runtime.xnnpack is false).")
+    return (f"{head}: no measurable difference ({ratio:.2f}x, within run-to-run noise); "
+            "XNNPACK is LiteRT's default.")
+
+
+def _ort_level_line(by_level: dict, cpu: CpuFacts) -> str:
+    rows = sorted(by_level.items(), key=lambda kv: kv[1].p50_ms)
+    (fast_level, fast), (slow_level, slow) = rows[0], rows[-1]
+    named = sorted(by_level.items(), key=lambda kv: -_LEVEL_ORDER.index(kv[0])
+                   if kv[0] in _LEVEL_ORDER else 0)
+    int8 = fast.precision == "int8"
+    what = f"ONNX Runtime {'int8' if int8 else fast.precision} ({fast.target})"
+    head = (f"{what} at graph optimization level " + ", ".join(
+        f"'{lv}' {_ms(r.p50_ms)}{_vs_base(r)}" for lv, r in named))
+    ratio = slow.p50_ms / fast.p50_ms
+    if ratio <= 1 + SAME:
+        return (f"{head}: no measurable difference between the levels ({ratio:.2f}x, within "
+                "run-to-run noise); 'all' is the default.")
+    verdict = (f": level '{fast_level}' {ratio:.2f}x faster than '{slow_level}'"
+               + (": keep it (the default)" if fast_level == "all" else
+                  f": run it at '{fast_level}' (the recipe's runtime.ort_opt_level)"))
+    why = _ort_level_cause(fast_level, slow_level, fast, cpu)
+    return head + verdict + (f"; {why}" if why else "") + "."
+
+
+def _ort_level_cause(fast_level: str, slow_level: str, row, cpu: CpuFacts) -> str:
+    """The likely cause of a measured gap between two levels, from what each level adds."""
+    order = {lv: i for i, lv in enumerate(_LEVEL_ORDER)}
+    if fast_level not in order or slow_level not in order:
+        return ""
+    int8, qdq = row.precision == "int8", (getattr(row, "variant", None) or {}).get(
+        "quant_format") == "qdq"
+    facts = _simd(cpu)
+    if cpu.x86 and cpu.features is not None:
+        facts = (facts + (", VNNI" if cpu.vnni else ", no VNNI")).lstrip(", ")
+    on = f" (this CPU: {facts})" if facts else ""
+    if order[fast_level] < order[slow_level]:
+        return ("the higher level's rewrites (layout transforms, fusions) cost more than they "
+                "saved on this model" + on)
+    if int8 and qdq and order[slow_level] <= order["basic"]:
+        return ("at 'basic' the QDQ graph runs as written, DequantizeLinear → float op → "
+                "QuantizeLinear, while from 'extended' ONNX Runtime fuses each group into an "
+                "int8 kernel (QLinearConv, QGemm...)" + on)
+    if order[slow_level] <= order["basic"]:
+        return "'extended' adds fusions such as Conv with its activation" + on
+    if fast_level == "all" and int8:
+        return ("'all' adds layout optimizations: int8 convolutions run channels-last (NHWC "
+                "transform)" + on)
+    if fast_level == "all":
+        if cpu.x86 and cpu.has("avx2", "avx512f"):
+            return ("'all' adds layout optimizations: convolutions in ONNX Runtime's blocked "
+                    f"NCHWc layout, which it uses on x86 CPUs with AVX2/AVX-512{on}")
+        return "'all' adds layout optimizations (layout transforms of convolutions)" + on
+    return ""
+
+
+def _quant_format_line(qdq, qop) -> str:
+    ratio = qdq.p50_ms / qop.p50_ms
+    level = (getattr(qdq, "variant", None) or {}).get("ort_opt_level")
+    head = (f"onnx-int8 as QOperator ({qop.recipe}: QLinearConv/QLinearMatMul in the file) "
+            f"{_ms(qop.p50_ms)}{_vs_base(qop)} vs QDQ ({qdq.recipe}) {_ms(qdq.p50_ms)}"
+            f"{_vs_base(qdq)}")
+    fused = level in ("extended", "all")
+    if ratio > 1 + SAME:
+        why = ("; at level '" + str(level) + "' ONNX Runtime does not fuse QDQ groups into "
+               "int8 kernels, while the QOperator file has them already") if level in (
+                   "basic", "disable") else ""
+        return f"{head}: QOperator {ratio:.2f}x faster{why}."
+    if ratio < 1 / (1 + SAME):
+        why = ("; ONNX Runtime fuses the QDQ graph at load and can keep ops int8 that the "
+               "QOperator file converts around" if fused else "")
+        return f"{head}: QDQ {1 / ratio:.2f}x faster{why}; QDQ is the default."
+    why = (f" (at level '{level}' ONNX Runtime fuses QDQ groups into the same int8 kernels)"
+           if fused else "")
+    return f"{head}: no measurable difference ({ratio:.2f}x){why}; QDQ is the default."

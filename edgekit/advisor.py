@@ -94,6 +94,12 @@ class AdviceRow:
         artifact / result_id: the artifact file and its row in ``results.db``.
         p50_repeats_ms: for an fp32 baseline, its p50 measured first and again after every other
             recipe (``p50_ms`` is their mean); far apart means the device's speed drifted.
+        variant: what the recipe is as plain values (target, build options, threads, and the
+            runtime/format settings ``advice_text.SETTINGS``); rows whose variants differ in one
+            setting only get a line naming its measured effect. None: not compared.
+        trial_p50_ms: set when ``p50_ms`` (and ``latency_ratio``) come from a side-by-side
+            re-measurement (``optimize``'s finalists): the p50 of its trials, which comparisons
+            with rows not re-measured use.
     """
 
     recipe: str
@@ -122,6 +128,8 @@ class AdviceRow:
     result_id: Optional[int] = None
     p50_repeats_ms: Optional[list] = None
     note: str = ""
+    variant: Optional[dict] = None
+    trial_p50_ms: Optional[float] = None
 
     @property
     def ran(self) -> bool:

@@ -50,7 +50,7 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
              budget: int = 20, time_budget_s: float | None = None, out="opt",
              storage: str | None = None, workers: int = 1, runs: int = 20,
              space: SearchSpace | None = None, connect=None, inventory=None,
-             options: ConvertOptions | None = None, seed: int = 0,
+             options: ConvertOptions | None = None, seed: int = 0, remeasure: bool = True,
              progress: Callable[[str], None] | None = None) -> Study:
     """Search for the best recipe of ``model`` on ``device``; write the study to ``out``.
 
@@ -75,6 +75,9 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
         connect: ``ConnectOptions`` for SSH devices. inventory: a devices.toml.
         options: base ``ConvertOptions`` (``input_shapes``).
         seed: the sampler's seed.
+        remeasure: once the budget is spent, measure the finalists again side by side in
+            interleaved rounds and choose on those numbers (``optimizer_finalists``); False:
+            choose on the per-trial means.
         progress: called with one line per step.
 
     Returns:
@@ -143,16 +146,18 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
     from edgekit.fsutil import write_json_atomic
 
     write_json_atomic(out / STUDY_FILE, settings.to_dict())
-    return run_study(out, workers=workers, connect=connect, progress=progress, device_info=info)
+    return run_study(out, workers=workers, connect=connect, progress=progress, device_info=info,
+                     remeasure=remeasure)
 
 
 def resume(out, *, budget: int | None = None, time_budget_s: float | None = None,
-           workers: int = 1, connect=None, progress=None) -> Study:
+           workers: int = 1, connect=None, progress=None, remeasure: bool = True) -> Study:
     """Continue the study in ``out``: finished trials are kept, interrupted ones re-run.
 
     Args:
         budget: a new total trial budget (default: the study's).
         time_budget_s: wall-clock seconds for this run (default: the study's).
+        remeasure: as ``optimize``: the finalists are measured side by side again at the end.
 
     Raises:
         InputError: ``out`` holds no study. DevicePaused / DeviceError: as ``optimize``.
@@ -167,13 +172,15 @@ def resume(out, *, budget: int | None = None, time_budget_s: float | None = None
         from edgekit.fsutil import write_json_atomic
 
         write_json_atomic(Path(out) / STUDY_FILE, settings.to_dict())
-    return run_study(out, workers=workers, connect=connect, progress=progress)
+    return run_study(out, workers=workers, connect=connect, progress=progress,
+                     remeasure=remeasure)
 
 
 def run_study(out, *, workers: int = 1, connect=None, progress=None, device_info=None,
-              worker: bool = False) -> Study | None:
-    """Run trials of the study in ``out`` until its budget is spent, then write the results
-    (``worker=True``: run trials only; the process that started the workers writes them)."""
+              worker: bool = False, remeasure: bool = True) -> Study | None:
+    """Run trials of the study in ``out`` until its budget is spent, then (``remeasure``) the
+    finalists side by side, then write the results (``worker=True``: run trials only; the
+    process that started the workers writes them)."""
     from edgekit.optimizer_report import finish
 
     out = Path(out)
@@ -202,7 +209,22 @@ def run_study(out, *, workers: int = 1, connect=None, progress=None, device_info
     failed = [p.args for p in procs if p.returncode not in (0, None)]
     if failed:
         log.warning("%d worker process(es) exited with errors", len(failed))
-    return finish(study, settings, out, tell)
+    return finish(study, settings, out, tell,
+                  remeasure=_side_by_side(settings, out, connect, tell) if remeasure else None)
+
+
+def _side_by_side(settings: Settings, out: Path, connect, tell):
+    """``finish``'s re-measure of the finalists, holding this machine's lock of the device."""
+    from edgekit.optimizer_finalists import remeasure
+
+    def run(candidates, search_pick):
+        spec = settings.spec()
+        with _device_lock(out, spec.name):
+            return remeasure(candidates, settings, spec=spec,
+                             connect=connect or settings.connect_options(), out=out,
+                             search_pick=search_pick, tell=tell)
+
+    return run
 
 
 def _arch_students(source: Path, fmt: str, space: SearchSpace, train, out: Path,

@@ -2,7 +2,9 @@
 explanation (``advice_text``), ``best.recipe.json`` and ``report.html``.
 
 Repeated measurements of one recipe (samplers propose a recipe again) are merged: its p50 is the
-mean of its trials, so one lucky run does not win.
+mean of its trials, so one lucky run does not win. The choice itself is made on the finalists'
+side-by-side re-measurement when there is one (``optimizer_finalists``): trials measured minutes
+apart on a loaded host are not comparable.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from edgekit.optimizer_finalists import FINALISTS_FILE, SideBySide
 from edgekit.recipe import FileRef, Recipe
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ class TrialRow:
         pareto / chosen: on the Pareto front of feasible recipes; the recipe chosen.
         trials / p50_repeats_ms: for a merged recipe, its trial numbers and p50s.
         seconds: build + measure time of the trial.
+        side_by_side_ms: a finalist's median p50 re-measured side by side with the others
+            (``side_by_side_rounds_ms``: each round's p50); None if it was not a finalist.
     """
 
     number: int
@@ -67,6 +72,8 @@ class TrialRow:
     trials: list = field(default_factory=list)
     p50_repeats_ms: list = field(default_factory=list)
     seconds: float | None = None
+    side_by_side_ms: float | None = None
+    side_by_side_rounds_ms: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -89,11 +96,14 @@ class Study:
         trials: every trial, in number order.
         candidates: one row per recipe that completed (repeats merged).
         pareto: feasible candidates no other feasible one beats on latency, size and accuracy.
-        best: the chosen candidate for the objective (None: no recipe met the constraints).
+        best: the chosen candidate for the objective (None: no recipe met the constraints),
+            chosen on ``finalists`` when they were re-measured.
         recipe: the chosen recipe with its measurements and advice (``best.recipe.json``).
         text: the explanation, one line per finding.
         device_info: the agent's probe of the device.
         report: ``report.html``'s path.
+        finalists: the side-by-side re-measurement the choice rests on (``finalists.json``),
+            None when it was skipped (``remeasure=False``).
     """
 
     out: Path
@@ -106,6 +116,7 @@ class Study:
     text: list[str]
     device_info: dict = field(default_factory=dict)
     report: Path | None = None
+    finalists: SideBySide | None = None
 
     def explain(self) -> str:
         """Why the chosen recipe won, naming measured numbers (the lines of ``text``)."""
@@ -126,6 +137,7 @@ class Study:
                 "trials": [t.to_dict() for t in self.trials],
                 "candidates": [c.to_dict() for c in self.candidates],
                 "text": list(self.text), "report": str(self.report) if self.report else None,
+                "finalists": self.finalists.to_dict() if self.finalists else None,
                 "device_info": _device_summary(self.device_info)}
 
 
@@ -220,8 +232,14 @@ def choose(rows: list[TrialRow], objective: str) -> TrialRow | None:
     return min(feas, key=lambda r: (r.p50_ms, r.bytes), default=None)
 
 
-def finish(study, settings, out: Path, tell) -> Study:
-    """Rows, front, choice, advice; write best.recipe.json and report.html."""
+def finish(study, settings, out: Path, tell, remeasure=None) -> Study:
+    """Rows, front, choice, advice; write best.recipe.json and report.html.
+
+    Args:
+        remeasure: called as ``remeasure(candidates, search_pick)`` to measure the finalists
+            side by side; returns the ``SideBySide`` the choice is made on. None: the choice
+            rests on the per-trial means (and a ``finalists.json`` of an earlier run is removed).
+    """
     from edgekit.optimizer import BEST_RECIPE, REPORT
     from edgekit.recipe import save_recipe
 
@@ -229,14 +247,27 @@ def finish(study, settings, out: Path, tell) -> Study:
     candidates = merge_repeats(trials, settings.constraints)
     front = pareto_front(candidates)
     best = choose(candidates, settings.objective)
+    side = None
+    if remeasure is not None:
+        side = remeasure(candidates, best.name if best else None)
+        best = apply_side_by_side(candidates, side) or best
+    elif (out / FINALISTS_FILE).exists():
+        (out / FINALISTS_FILE).unlink()
     for r in front:
         r.pareto = True
     if best is not None:
         best.chosen = True
     info = study.user_attrs.get("device_info") or {}
-    text = explanation(trials, candidates, best, settings, info)
+    text = explanation(trials, candidates, best, settings, info, side)
     recipe = None
     if best is not None:
+        measured_side = None
+        if best.side_by_side_ms is not None:
+            ref = side.get(side.reference) if side.reference else None
+            measured_side = {"p50_ms": best.side_by_side_ms,
+                             "rounds_ms": best.side_by_side_rounds_ms, "runs": side.runs,
+                             "fp32": side.reference,
+                             "fp32_p50_ms": ref.p50_ms if ref is not None else None}
         recipe = replace(
             best.recipe, source=FileRef(settings.model_sha256, settings.model),
             calibration=FileRef.of(settings.calibration),
@@ -246,20 +277,34 @@ def finish(study, settings, out: Path, tell) -> Study:
                       "bytes": best.bytes, "peak_rss_bytes": best.peak_rss_bytes,
                       "accuracy": best.accuracy, "accuracy_source": best.accuracy_source,
                       "source_accuracy": best.source_accuracy,
-                      "accuracy_drop": best.accuracy_drop, "trials": best.trials},
+                      "accuracy_drop": best.accuracy_drop, "trials": best.trials,
+                      "side_by_side": measured_side},
             constraints=asdict(settings.constraints), objective=settings.objective,
             advice=tuple(text))
         save_recipe(recipe, out / BEST_RECIPE)
         tell(f"chose {best.name}: {out / BEST_RECIPE}")
     elif (out / BEST_RECIPE).exists():
         (out / BEST_RECIPE).unlink()
-    result = Study(out, settings, trials, candidates, front, best, recipe, text, info)
+    result = Study(out, settings, trials, candidates, front, best, recipe, text, info,
+                   finalists=side)
     result.report = write_study_report(result, out / REPORT)
     return result
 
 
-def explanation(trials, candidates, best, settings, info) -> list[str]:
-    """``advice_text``'s lines over the merged recipes, plus what the search itself did."""
+def apply_side_by_side(candidates: list[TrialRow], side: SideBySide) -> TrialRow | None:
+    """Copy the finalists' side-by-side numbers onto their rows; the row chosen on them (None
+    when none could be chosen: the per-trial means decide)."""
+    by_name = {c.name: c for c in candidates}
+    for f in side.finalists:
+        row = by_name.get(f.name)
+        if row is not None and f.ok:
+            row.side_by_side_ms, row.side_by_side_rounds_ms = f.p50_ms, list(f.rounds_ms)
+    return by_name.get(side.chosen) if side.chosen else None
+
+
+def explanation(trials, candidates, best, settings, info, side=None) -> list[str]:
+    """``advice_text``'s lines over the merged recipes, plus what the search itself did and
+    (``side``) the finalists' side-by-side re-measurement."""
     from edgekit.advice_text import advice_lines
     from edgekit.advisor import AdviceRow
 
@@ -268,20 +313,26 @@ def explanation(trials, candidates, best, settings, info) -> list[str]:
     rows, by_name = [], {}
     for c in candidates:
         base = base_of.get(c.format)
+        # Ratios from one measuring session only: side by side when both were re-measured.
+        both = base is not None and c.side_by_side_ms is not None and \
+            base.side_by_side_ms is not None
+        p50, base_p50 = ((c.side_by_side_ms, base.side_by_side_ms) if both else
+                         (c.p50_ms, base.p50_ms if base is not None else None))
         # A pruned model is another model: advice_text must not take a pruned fp32 recipe for
         # an fp32 baseline of the source ("0.33x faster than ...-pruned75").
         precision = (c.precision or "") + ("+pruned" if c.recipe.prune else "")
         row = AdviceRow(
             c.name, c.recipe.target, c.format or "", precision,
-            baseline=base.name if base else None, bytes=c.bytes, p50_ms=c.p50_ms,
+            baseline=base.name if base else None, bytes=c.bytes, p50_ms=p50,
             p90_ms=c.p90_ms, peak_rss_bytes=c.peak_rss_bytes, accuracy=c.accuracy,
             accuracy_source=c.accuracy_source, source_accuracy=c.source_accuracy,
             accuracy_drop=c.accuracy_drop, sqnr_db=c.sqnr_db, gate_passed=True,
             within_budget=c.feasible, artifact=c.artifact, result_id=c.result_id,
-            note=", ".join(c.misses))
+            note=", ".join(c.misses), variant=variant_of(c.recipe, c.format, c.precision),
+            trial_p50_ms=c.p50_ms if both else None)
         if base is not None:
             row.size_ratio = c.bytes / base.bytes if base.bytes else None
-            row.latency_ratio = c.p50_ms / base.p50_ms if base.p50_ms else None
+            row.latency_ratio = p50 / base_p50 if base_p50 else None
         rows.append(row)
         by_name[c.name] = row
     for t in trials:  # failed builds and runs are rows too: advice_text names gate misses
@@ -307,9 +358,36 @@ def explanation(trials, candidates, best, settings, info) -> list[str]:
                          device=settings.device, model=settings.model,
                          threads=best.recipe.threads if best else 1)
     lines.insert(1, _search_line(trials, candidates, best, settings))
+    head = list(side.lines) if side is not None else []
     if best is not None:
-        lines[2:2] = _versus_marked(best, candidates)
+        head += _versus_marked(best, candidates)
+    lines[2:2] = head
     return lines
+
+
+# Fidelity-gate fields: a raw tool default is built with the gate open, sampled recipes with
+# it set; the same bytes either way when the gate passes, so they do not make another variant.
+_GATE_FIELDS = ("max_accuracy_drop", "min_top1_agreement", "min_sqnr_db")
+
+
+def variant_of(recipe: Recipe, fmt: str | None, precision: str | None) -> dict:
+    """``AdviceRow.variant``: the recipe as plain values, with the runtime and format settings
+    that apply to it (XNNPACK for TFLite, the ORT level for ONNX, QDQ/QOperator for onnx-int8)
+    as their own keys, so rows that differ in one of them alone can be compared."""
+    import json
+
+    opts = {k: v for k, v in recipe.convert_options.items() if k not in _GATE_FIELDS}
+    qformat = str(opts.pop("onnx_quant_format", "qdq")).lower()
+    v = {"target": recipe.target, "options": json.dumps(opts, sort_keys=True),
+         "threads": recipe.threads, "prune": json.dumps(recipe.prune, sort_keys=True),
+         "student": json.dumps(recipe.student, sort_keys=True)}
+    if fmt == "tflite":
+        v["xnnpack"] = bool(recipe.xnnpack)
+    elif fmt in ("onnx", "ort"):
+        v["ort_opt_level"] = recipe.ort_opt_level
+        if precision == "int8":
+            v["quant_format"] = qformat
+    return v
 
 
 def _search_line(trials, candidates, best, settings) -> str:
@@ -341,10 +419,15 @@ def _versus_marked(best, candidates) -> list[str]:
             continue
         what = "fp32 baseline" if c.role == ROLE_BASELINE else "raw tool default"
         drop = "" if c.accuracy_drop is None else f", {c.accuracy_drop:.2f} points"
-        out.append(f"vs {what} {c.name} ({c.p50_ms:.4g} ms, {c.bytes / 1024:.1f} KiB{drop}"
-                   f"{'' if c.feasible else ', over the constraints'}): chosen is "
-                   f"{c.p50_ms / best.p50_ms:.2f}x faster and {best.bytes / c.bytes:.2f}x "
-                   "the size.")
+        side = c.side_by_side_ms is not None and best.side_by_side_ms is not None
+        mine, theirs = ((best.side_by_side_ms, c.side_by_side_ms) if side
+                        else (best.p50_ms, c.p50_ms))
+        ratio = theirs / mine
+        speed = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+        out.append(f"vs {what} {c.name} ({theirs:.4g} ms{' side by side' if side else ''}, "
+                   f"{c.bytes / 1024:.1f} KiB{drop}"
+                   f"{'' if c.feasible else ', over the constraints'}): chosen is {speed} and "
+                   f"{best.bytes / c.bytes:.2f}x the size.")
     return out
 
 
@@ -411,6 +494,7 @@ def _search_section(study: Study) -> str:
             f"<td class=num>{'' if r.accuracy_drop is None else f'{r.accuracy_drop:.2f}'}</td>"
             f"<td>{'met' if r.feasible else html.escape(', '.join(r.misses))}</td></tr>")
     parts.append("</tbody></table>")
+    parts += _finalists_table(study)
     failed = [t for t in study.trials if t.state in ("failed", "interrupted")]
     if failed:
         parts.append('<h3>Failed trials</h3><table id="failed-trials"><thead><tr><th>trial</th>'
@@ -424,6 +508,37 @@ def _search_section(study: Study) -> str:
         parts.append("</tbody></table>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _finalists_table(study: Study) -> list[str]:
+    """The finalists' side-by-side rounds, the choice's evidence (none if not re-measured)."""
+    side = study.finalists
+    if side is None or not side.finalists:
+        return []
+    ref = side.get(side.reference) if side.reference else None
+    out = [f'<h3>Finalists re-measured side by side</h3><p>{side.rounds} interleaved round(s) '
+           f"of {side.runs} runs each, in a rotated order; the choice is made on the median of "
+           "the rounds.</p>",
+           '<table id="finalists"><thead><tr>' + "".join(
+               f"<th>{h}</th>" for h in ("recipe", "marks", "rounds p50 ms", "median ms",
+                                         "vs fp32", "trials p50 ms", "status")) +
+           "</tr></thead><tbody>"]
+    for f in side.finalists:
+        marks = [m for m, on in (("chosen", f.name == side.chosen),
+                                 ("fp32 reference", f.name == side.reference),
+                                 ("baseline", f.baseline)) if on]
+        vs = (f"{f.p50_ms / ref.p50_ms:.2f}x" if f.ok and ref is not None else "")
+        status = "measured" if f.ok else f"dropped: {f.error}"
+        out.append(
+            f'<tr data-recipe="{html.escape(f.name)}" data-marks="{" ".join(marks)}">'
+            f"<td>{html.escape(f.name)}</td><td>{', '.join(marks)}</td>"
+            f"<td>{' / '.join(f'{x:.4g}' for x in f.rounds_ms)}</td>"
+            f"<td class=num>{'' if f.p50_ms is None else f'{f.p50_ms:.4g}'}</td>"
+            f"<td class=num>{vs}</td><td class=num>"
+            f"{'' if f.search_p50_ms is None else f'{f.search_p50_ms:.4g}'}</td>"
+            f"<td>{html.escape(status[:300])}</td></tr>")
+    out.append("</tbody></table>")
+    return out
 
 
 def _marks(r: TrialRow) -> list[str]:
@@ -468,4 +583,5 @@ def _plot(study: Study) -> bytes | None:
     return _png(fig)
 
 
-__all__ = ["Study", "TrialRow", "finish", "pareto_front", "choose", "trial_rows"]
+__all__ = ["Study", "TrialRow", "finish", "pareto_front", "choose", "trial_rows",
+           "apply_side_by_side", "variant_of"]

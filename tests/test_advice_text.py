@@ -117,3 +117,107 @@ def test_drifting_baseline_is_flagged():
     text = advice_lines(rows, rows[0], _probe("x86_64", ["avx2"]), objective="latency",
                         max_accuracy_drop=1.0, device="pi", model="m.keras")
     assert not any("drifted" in t for t in text)
+
+
+# Runtime and format settings: rows that differ only by XNNPACK, the ORT level or QDQ/QOperator.
+
+def _variant_row(recipe, target, fmt, precision, p50, *, base=None, base_p50=None, **variant):
+    v = {"target": target, "options": "{}", "threads": 1, "prune": "null", "student": "null",
+         **variant}
+    row = _row(recipe, target, fmt, precision, p50, 1000, base=base, variant=v)
+    if base_p50:
+        row.latency_ratio = p50 / base_p50
+    return row
+
+
+def _settings_lines(rows, probe):
+    from edgekit.advice_text import setting_lines
+
+    return setting_lines(rows, CpuFacts.from_probe(probe))
+
+
+def test_xnnpack_pair_names_the_measured_effect_and_the_cpu():
+    on = _variant_row("tflite-fp32", "tflite-fp32", "tflite", "fp32", 0.42, xnnpack=True)
+    off = _variant_row("tflite-fp32-no-xnnpack", "tflite-fp32", "tflite", "fp32", 0.95,
+                       xnnpack=False)
+    (line,) = _settings_lines([on, off], _probe("x86_64", ["avx2", "fma"]))
+    assert line.startswith("tflite-fp32 with XNNPACK 0.42 ms vs LiteRT's built-in kernels "
+                           "(tflite-fp32-no-xnnpack) 0.95 ms")
+    assert "XNNPACK 2.26x faster" in line and "AVX2" in line and "keep XNNPACK" in line
+    (arm,) = _settings_lines([on, off], _probe("aarch64", ["asimd", "asimddp"]))
+    assert "NEON with dot product (asimddp)" in arm
+    # Built-in kernels faster: the verdict turns, and a tiny model's delegate cost is named.
+    on.p50_ms, off.p50_ms = 0.15, 0.1
+    (slow,) = _settings_lines([on, off], _probe("x86_64", ["avx2"]))
+    assert "built-in kernels were 1.50x faster" in slow and "without XNNPACK" in slow
+    assert "model this small" in slow
+    on.p50_ms = 0.104  # 4% apart: noise, no verdict either way
+    (same,) = _settings_lines([on, off], _probe("x86_64", ["avx2"]))
+    assert "no measurable difference" in same and "faster" not in same
+
+
+def test_ort_levels_int8_qdq_on_avx2_without_vnni():
+    kw = dict(base="onnx-fp32", base_p50=1.0, quant_format="qdq")
+    rows = [_variant_row("onnx-int8", "onnx-int8", "onnx", "int8", 0.647, ort_opt_level="all",
+                         **kw),
+            _variant_row("onnx-int8-ort-basic", "onnx-int8", "onnx", "int8", 0.94,
+                         ort_opt_level="basic", **kw),
+            _variant_row("onnx-int8-ort-extended", "onnx-int8", "onnx", "int8", 0.66,
+                         ort_opt_level="extended", **kw)]
+    (line,) = _settings_lines(rows, _probe("x86_64", ["avx2"]))
+    assert line.startswith("ONNX Runtime int8 (onnx-int8) at graph optimization level 'all' "
+                           "0.647 ms (0.65x onnx-fp32), 'extended' 0.66 ms (0.66x onnx-fp32), "
+                           "'basic' 0.94 ms (0.94x onnx-fp32)")
+    assert "level 'all' 1.45x faster than 'basic': keep it" in line
+    assert "QDQ graph runs as written" in line and "QLinearConv" in line
+    assert "this CPU: AVX2, no VNNI" in line
+
+
+def test_ort_levels_fp32_layout_and_a_lower_level_that_wins():
+    rows = [_variant_row("onnx-fp32", "onnx-fp32", "onnx", "fp32", 1.0, ort_opt_level="all"),
+            _variant_row("onnx-fp32-ort-extended", "onnx-fp32", "onnx", "fp32", 1.4,
+                         ort_opt_level="extended")]
+    (line,) = _settings_lines(rows, _probe("x86_64", ["avx2", "avx512f"]))
+    assert "level 'all' 1.40x faster than 'extended'" in line
+    assert "NCHWc" in line and "AVX-512" in line
+    rows[0].p50_ms = 2.0
+    (worse,) = _settings_lines(rows, _probe("x86_64", ["avx2"]))
+    assert "level 'extended' 1.43x faster than 'all': run it at 'extended'" in worse
+    assert "cost more than they saved" in worse
+
+
+def test_qdq_vs_qoperator_pair():
+    qdq = _variant_row("onnx-int8-ort-basic", "onnx-int8", "onnx", "int8", 2.0,
+                       ort_opt_level="basic", quant_format="qdq")
+    qop = _variant_row("onnx-int8-qop-ort-basic", "onnx-int8", "onnx", "int8", 1.0,
+                       ort_opt_level="basic", quant_format="qoperator")
+    lines = _settings_lines([qdq, qop], _probe("x86_64", ["avx2"]))
+    line = next(t for t in lines if t.startswith("onnx-int8 as QOperator"))
+    assert "QOperator 2.00x faster" in line and "at level 'basic'" in line
+    # The ORT-level pair is not formed: the two rows differ in the format too.
+    assert not any("graph optimization level" in t for t in lines)
+
+
+def test_no_setting_line_without_a_pair():
+    rows = [_variant_row("tflite-fp32", "tflite-fp32", "tflite", "fp32", 0.4, xnnpack=True),
+            _variant_row("tflite-int8-no-xnnpack", "tflite-int8", "tflite", "int8", 0.9,
+                         xnnpack=False),  # another target: not a pair
+            _variant_row("onnx-int8", "onnx-int8", "onnx", "int8", 0.6, ort_opt_level="all",
+                         quant_format="qdq"),
+            _variant_row("onnx-int8-t2-ort-basic", "onnx-int8", "onnx", "int8", 0.9,
+                         ort_opt_level="basic", quant_format="qdq", threads=2)]  # threads too
+    assert _settings_lines(rows, _probe("x86_64", ["avx2"])) == []
+    # advise's rows carry no variant: never compared, and advice_lines has no such line.
+    text = _lines(_probe("x86_64", ["avx2"]))
+    assert not any("with XNNPACK" in t or "graph optimization level" in t
+                   or "as QOperator" in t for t in text)
+
+
+def test_pair_measured_in_different_sessions_compares_trial_values():
+    on = _variant_row("tflite-fp32", "tflite-fp32", "tflite", "fp32", 0.5, xnnpack=True,
+                      base="tflite-fp32", base_p50=0.5)
+    on.trial_p50_ms = 0.42  # re-measured side by side (0.5); its trials said 0.42
+    off = _variant_row("tflite-fp32-no-xnnpack", "tflite-fp32", "tflite", "fp32", 0.95,
+                       xnnpack=False)
+    (line,) = _settings_lines([on, off], _probe("x86_64", ["avx2"]))
+    assert "with XNNPACK 0.42 ms vs" in line and "2.26x" in line and "1.00x" not in line

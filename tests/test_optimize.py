@@ -63,8 +63,11 @@ def test_chosen_recipe_meets_constraints_on_measured_values(study):
     fp32 = [c for c in study.candidates if c.name in ("tflite-fp32", "onnx-fp32")]
     assert fp32 and all(not c.feasible and "size over" in c.misses[0] for c in fp32)
     feasible = [c for c in study.candidates if c.feasible]
-    assert best.p50_ms == min(c.p50_ms for c in feasible)  # objective latency
-    assert best in study.pareto and all(p.feasible for p in study.pareto)
+    # Objective latency, chosen on the finalists' side-by-side medians (fp32 is over the size
+    # limit here, so it is the yardstick only).
+    measured = [c for c in feasible if c.side_by_side_ms is not None]
+    assert best.side_by_side_ms == min(c.side_by_side_ms for c in measured)
+    assert all(p.feasible for p in study.pareto)
     from edgekit.optimizer_report import choose
 
     smallest = choose(study.candidates, "size")  # the same trials, objective size
@@ -84,6 +87,65 @@ def test_best_recipe_file_and_explanation(study):
     assert list(recipe.advice) == study.text
     doc = json.loads(json.dumps(study.to_dict()))
     assert doc["best"] == recipe.name and len(doc["trials"]) == len(study.trials)
+
+
+def test_finalists_remeasured_side_by_side_and_recorded(study):
+    from edgekit.optimizer_finalists import FINALISTS_FILE, MAX_FINALISTS, ROUNDS, read
+
+    side = study.finalists
+    assert side is not None and side.rounds == ROUNDS and side.runs == 10
+    assert read(study.out) is not None and read(study.out).to_dict() == side.to_dict()
+    doc = json.loads((study.out / FINALISTS_FILE).read_text())
+    assert doc["chosen"] == study.best.name == side.chosen
+    names = [f.name for f in side.finalists]
+    # At most MAX_FINALISTS within the constraints, plus both fp32 baselines as the yardstick.
+    assert len([f for f in side.finalists if f.feasible]) <= MAX_FINALISTS
+    assert {"tflite-fp32", "onnx-fp32"} <= set(names)
+    assert all(f.ok and len(f.rounds_ms) == ROUNDS for f in side.finalists), side.lines
+    assert side.reference in ("tflite-fp32", "onnx-fp32")
+    rows = {c.name: c for c in study.candidates}
+    for f in side.finalists:  # the rows carry the side-by-side median
+        assert rows[f.name].side_by_side_ms == f.p50_ms and f.search_p50_ms == rows[f.name].p50_ms
+    # Never slower than fp32: faster than the fp32 yardstick, or the text says none was.
+    ref, best = side.get(side.reference), side.get(side.chosen)
+    text = study.explain()
+    assert "Re-measured side by side (3 interleaved round(s) of 10 runs" in text
+    if best.p50_ms < ref.p50_ms:
+        assert "faster than fp32 on this device" in text
+    else:
+        assert "no finalist within the constraints was faster than fp32" in text
+    assert study.recipe.measured["side_by_side"]["p50_ms"] == best.p50_ms
+    assert study.recipe.measured["side_by_side"]["fp32"] == side.reference
+    page = (study.out / REPORT).read_text()
+    assert 'id="finalists"' in page and f'data-recipe="{side.chosen}" data-marks="chosen' in page
+    assert study.to_dict()["finalists"]["chosen"] == side.chosen
+    # Not in results.db: the benchmark report keeps the trials' results (with accuracy).
+    with sqlite3.connect(study.out / "results.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == len(
+            [t for t in study.trials if t.result_id is not None])
+
+
+def test_failing_finalist_is_recorded_not_fatal(study, tmp_path):
+    from dataclasses import replace
+
+    from edgekit.fsutil import sha256_file
+    from edgekit.optimizer_finalists import remeasure
+
+    garbage = tmp_path / "broken.tflite"
+    garbage.write_bytes(b"not a flatbuffer" * 64)
+    best = study.best
+    base = next(c for c in study.candidates if c.name == "tflite-fp32")
+    broken = replace(best, artifact=str(garbage), sha256=sha256_file(garbage))
+    gone = replace(base, artifact=str(tmp_path / "gone.tflite"))
+    side = remeasure([broken, gone, *[c for c in study.candidates if c.name == "onnx-fp32"]],
+                     study.settings, spec=study.settings.spec(), rounds=1, out=tmp_path)
+    by = {f.name: f for f in side.finalists}
+    assert not by[best.name].ok and "round 1" in by[best.name].error  # the agent's failure
+    assert "no longer in the build cache" in by["tflite-fp32"].error
+    assert by["onnx-fp32"].ok and side.reference == "onnx-fp32"
+    assert side.chosen is None  # nothing within the constraints left: the trials decide
+    assert any(t.startswith(f"Finalist {best.name} could not be re-measured") for t in side.lines)
+    assert json.loads((tmp_path / "finalists.json").read_text())["finalists"][0]["error"]
 
 
 def test_report_marks_front_baselines_defaults_and_choice(study):
@@ -136,7 +198,7 @@ def test_failures_are_results_and_the_search_goes_on(digits_cnn, tmp_path, monke
     space = SearchSpace(targets=("tflite-fp32", "tflite-int8", "onnx-int8"), threads=(1,),
                         onnx_int8_variants=False, repair=False)
     s = optimize(digits_cnn.keras, calibration=CALIB, eval=EVAL, budget=3, runs=5,
-                 space=space, out=tmp_path / "opt")
+                 space=space, out=tmp_path / "opt", remeasure=False)
     rows = {t.name: t for t in s.trials}
     assert rows["tflite-int8"].state == "failed"
     assert rows["tflite-int8"].failed_stage == "benchmark" and rows["tflite-int8"].error
@@ -145,7 +207,7 @@ def test_failures_are_results_and_the_search_goes_on(digits_cnn, tmp_path, monke
     assert "tflite-int8" in (tmp_path / "opt" / REPORT).read_text().split('id="failed-trials"')[1]
     monkeypatch.setenv(FAULT_ENV, "build:onnx-int8")
     s2 = optimize(digits_cnn.keras, calibration=CALIB, eval=EVAL, budget=3, runs=5,
-                  space=space, out=tmp_path / "opt2")
+                  space=space, out=tmp_path / "opt2", remeasure=False)
     fail = next(t for t in s2.trials if t.name == "onnx-int8")
     assert fail.state == "failed" and fail.failed_stage == "convert"
     assert FAULT_ENV in fail.error
@@ -214,6 +276,13 @@ def test_resume_after_kill_mid_trial(digits_cnn, tmp_path):
     assert "interrupted" in interrupted[0].user_attrs["error"]
     redone = [t for t in trials if t.params == interrupted[0].params and t.state.name == "COMPLETE"]
     assert redone, "the interrupted recipe was not measured again"
+    # The resumed run ended with the finalists measured side by side, and chose on them.
+    side = json.loads((out / "finalists.json").read_text())
+    assert side["chosen"] == json.loads((out / BEST_RECIPE).read_text())["name"]
+    assert {"tflite-fp32", "onnx-fp32"} <= {f["name"] for f in side["finalists"]}
+    # Budget spent, --no-remeasure: the per-trial means choose; the stale finalists are gone.
+    assert main(["optimize", "--resume", str(out), "--no-remeasure", "--json"]) == 0
+    assert not (out / "finalists.json").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -319,7 +388,7 @@ def test_device_that_disappears_pauses_the_search_and_resume_finishes_it(digits_
                                             str(server.folder / "sshd_config")],
                                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         wait_port(server.port)
-        s = resume(tmp_path / "opt")
+        s = resume(tmp_path / "opt", remeasure=False)
     finally:
         server.stop()
     states = {t.number: t.state for t in s.trials}
@@ -341,7 +410,7 @@ def test_pruning_dimension_and_its_replay(digits_cnn, tmp_path):
     space = SearchSpace(targets=("tflite-fp32", "tflite-int8"), threads=(1,), repair=False,
                         prune_ratios=(0.0, 0.5))
     s = optimize(digits_cnn.keras, calibration=CALIB, eval=EVAL, train=train, budget=3, runs=5,
-                 space=space, out=tmp_path / "opt")
+                 space=space, out=tmp_path / "opt", remeasure=False)
     rows = {t.name: t for t in s.trials}
     probe = rows["tflite-fp32-pruned50-l1-e1-lr0.001"]
     assert probe.state == "complete" and probe.role == "pruning-probe"
@@ -369,7 +438,8 @@ def test_runtime_settings_are_searched_measured_and_replayed(digits_cnn, tmp_pat
     space = SearchSpace(targets=("tflite-int8", "onnx-int8"), threads=(1,), repair=False,
                         xnnpack=(False,), ort_opt_levels=("basic",))
     s = optimize(digits_cnn.keras, calibration=CALIB, eval=EVAL, budget=2, runs=5, space=space,
-                 out=tmp_path / "opt")
+                 out=tmp_path / "opt", remeasure=False)
+    assert s.finalists is None and not (tmp_path / "opt" / "finalists.json").exists()
     rows = {t.name: t for t in s.trials}
     tfl, ort = rows["tflite-int8-no-xnnpack"], rows["onnx-int8-ort-basic"]
     assert tfl.state == ort.state == "complete"
@@ -425,7 +495,7 @@ def test_hopeless_finetune_is_pruned_not_failed(digits_cnn, tmp_path):
     space = SearchSpace(targets=("tflite-fp32",), threads=(1,), xnnpack=(True,),
                         prune_ratios=(0.0, 0.9), finetune_epochs=(2,), finetune_stop_margin=0.0)
     s = optimize(digits_cnn.keras, calibration=CALIB, eval=EVAL, train=digits_path("train"),
-                 budget=2, runs=5, space=space, out=tmp_path / "opt")
+                 budget=2, runs=5, space=space, out=tmp_path / "opt", remeasure=False)
     probe = next(t for t in s.trials if t.role == "pruning-probe")
     assert probe.state == "pruned" and probe not in s.failed
     assert "stopped after epoch 1" in probe.error and probe.p50_ms is None

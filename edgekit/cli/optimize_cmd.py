@@ -102,6 +102,10 @@ def parse_duration(text: str | None, option: str) -> float | None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
               help="Pin an input's dynamic dims (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The sampler's seed.")
+@click.option("--remeasure/--no-remeasure", default=True, show_default=True,
+              help="After the search, measure the finalists again side by side (interleaved "
+                   "rounds on the device) and choose on those numbers; --no-remeasure chooses "
+                   "on the per-trial means.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Continue the study in DIR: finished trials are kept, interrupted ones re-run.")
 @click.option("--worker", is_flag=True, hidden=True,
@@ -110,8 +114,8 @@ def parse_duration(text: str | None, option: str) -> float | None:
 @json_option
 def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, prune_ratios, max_accuracy_drop,
                  objective, max_size, max_peak_memory, budget, time_budget, out, storage, workers, runs, targets,
-                 threads, xnnpack, ort_opt_levels, input_shapes, seed, resume, worker, inventory, ssh_config, known_hosts,
-                 trust_new_host, connect_timeout, as_json):
+                 threads, xnnpack, ort_opt_levels, input_shapes, seed, remeasure, resume, worker, inventory,
+                 ssh_config, known_hosts, trust_new_host, connect_timeout, as_json):
     """Search recipes of MODEL by measuring them on --device; choose the best one within the
     constraints and explain why (best.recipe.json, report.html in --out)."""
     from edgekit import optimizer
@@ -132,7 +136,7 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, prune_r
         new_budget = None if budget_given == click.core.ParameterSource.DEFAULT else budget
         with console.status("optimize: resuming", spinner="dots") as status:
             study = optimizer.resume(resume, budget=new_budget, time_budget_s=seconds,
-                                     workers=workers,
+                                     workers=workers, remeasure=remeasure,
                                      progress=lambda m: status.update(f"optimize: {m}"))
         return _show(study, as_json)
     if model is None:
@@ -163,7 +167,7 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, prune_r
             out=out or Path(f"opt-{stem}"), storage=storage, workers=workers, runs=runs,
             space=space, connect=connect, inventory=inventory_path(inventory),
             options=ConvertOptions(input_shapes=parse_input_shapes(input_shapes)), seed=seed,
-            progress=lambda m: _progress(status, m))
+            remeasure=remeasure, progress=lambda m: _progress(status, m))
     _show(study, as_json)
 
 
@@ -191,14 +195,15 @@ def print_study(study) -> None:
     s = study.settings
     table = Table(title=f"{Path(s.model).name} on {s.device}: {len(study.trials)} trials, "
                         f"objective {s.objective}")
-    for col in ("recipe", "marks", "trials", "p50 ms", "size KiB", "peak MiB", "top-1 %",
-                "drop pts", "constraints"):
+    for col in ("recipe", "marks", "trials", "p50 ms", "side by side ms", "size KiB", "peak MiB",
+                "top-1 %", "drop pts", "constraints"):
         table.add_column(col, justify="left" if col in ("recipe", "marks", "constraints")
                          else "right", overflow="fold")
     for r in sorted(study.candidates, key=lambda r: r.p50_ms):
         marks = [m for m, on in (("chosen", r.chosen), ("pareto", r.pareto),
                                  (r.role or "", bool(r.role))) if on]
         table.add_row(r.name, ", ".join(marks), str(len(r.trials)), f"{r.p50_ms:.4g}",
+                      "" if r.side_by_side_ms is None else f"{r.side_by_side_ms:.4g}",
                       f"{r.bytes / 1024:.1f}",
                       "" if r.peak_rss_bytes is None else f"{r.peak_rss_bytes / (1 << 20):.1f}",
                       "" if r.accuracy is None else f"{100 * r.accuracy:.2f}",
