@@ -525,7 +525,7 @@ def _finalists_table(study: Study) -> list[str]:
            "</tr></thead><tbody>"]
     for f in side.finalists:
         marks = [m for m, on in (("chosen", f.name == side.chosen),
-                                 ("fp32 reference", f.name == side.reference),
+                                 ("reference", f.name == side.reference),
                                  ("baseline", f.baseline)) if on]
         vs = (f"{f.p50_ms / ref.p50_ms:.2f}x" if f.ok and ref is not None else "")
         status = "measured" if f.ok else f"dropped: {f.error}"

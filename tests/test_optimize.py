@@ -523,3 +523,37 @@ def test_hopeless_finetune_is_pruned_not_failed(digits_cnn, tmp_path):
         cache.build(probe.recipe, digits_cnn.keras, calibration=CALIB, eval=EVAL,
                     base=probe.recipe.options())
     assert cache.hits == 1
+
+
+def test_recipes_differing_in_one_runtime_setting_are_paired_in_the_advice():
+    from converters.options import ConvertOptions
+    from edgekit.advice_text import CpuFacts, setting_lines
+    from edgekit.advisor import AdviceRow
+    from edgekit.optimizer import OPEN_GATE
+    from edgekit.optimizer_report import variant_of
+    from edgekit.optimizer_space import recipe_from_params
+
+    gate = Constraints(1.0)
+    # The raw tool default is built with the gate open, a sampled recipe with the budget as its
+    # gate: the same bytes, so only the ORT level tells them apart.
+    default = recipe_from_params({"target": "onnx-int8", "ort_opt_level": "all"}, OPEN_GATE)
+    basic = recipe_from_params({"target": "onnx-int8", "ort_opt_level": "basic"},
+                               ConvertOptions(max_accuracy_drop=gate.max_accuracy_drop))
+    qop = recipe_from_params({"target": "onnx-int8", "ort_opt_level": "basic",
+                              "onnx_int8_format": "qoperator"})
+    on = recipe_from_params({"target": "tflite-fp32"})
+    off = recipe_from_params({"target": "tflite-fp32", "xnnpack": False})
+    v = {r.name: variant_of(r, "onnx" if r.target.startswith("onnx") else "tflite",
+                            "int8" if r.target.endswith("int8") else "fp32")
+         for r in (default, basic, qop, on, off)}
+    diff = lambda a, b: {k for k in v[a].keys() | v[b].keys() if v[a].get(k) != v[b].get(k)}  # noqa: E731
+    assert diff(default.name, basic.name) == {"ort_opt_level"}
+    assert diff(basic.name, qop.name) == {"quant_format"}
+    assert diff(on.name, off.name) == {"xnnpack"} and "ort_opt_level" not in v[on.name]
+    rows = [AdviceRow(name, "x", "onnx" if "onnx" in name else "tflite",
+                      "int8" if "int8" in name else "fp32", p50_ms=p50, variant=v[name])
+            for name, p50 in ((default.name, 0.6), (basic.name, 0.9), (qop.name, 0.5),
+                              (on.name, 0.4), (off.name, 0.9))]
+    lines = setting_lines(rows, CpuFacts.from_probe({"arch": "x86_64",
+                                                     "cpu": {"features": ["avx2"]}}))
+    assert [t.split(" ")[0] for t in lines] == ["tflite-fp32", "ONNX", "onnx-int8"]
