@@ -62,9 +62,10 @@ def parse_duration(text: str | None, option: str) -> float | None:
               help="Training data (.npz x, y): also search structured pruning ratios with "
                    "fine-tuning and distillation from MODEL (Keras models).")
 @click.option("--arch-scaling", is_flag=True, default=False,
-              help="With --train and a keras.applications MobileNetV2: also try smaller "
-                   "students (width, resolution) distilled from MODEL; the training time is "
-                   "estimated and printed first.")
+              help="With --train and a keras.applications MobileNetV2/V3 or EfficientNet "
+                   "(B0-B7, V2 B0-B3), or a model with one as its backbone: also try smaller "
+                   "students (width or variant, resolution; your head and preprocessing kept) "
+                   "distilled from MODEL; the training time is estimated and printed first.")
 @click.option("--prune-ratio", "prune_ratios", multiple=True, type=float, metavar="R",
               help="Pruning ratios to search with --train (repeatable; default 0, 0.25, 0.5).")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
