@@ -138,19 +138,20 @@ def _reused(work: Path, name: str, args):
 def techniques(base, args, data, work: Path):
     """(name, compressed Keras model, info) per technique; each starts from ``base``."""
     from converters.clustering import ClusterSpec, cluster_copy
-    from converters.lottery import LotterySpec, lottery_ticket
+    from converters.lottery import LotterySpec, lottery_ticket, random_reinit_control
     from converters.rigl import RigLSpec, rigl
-    from converters.sparsity import SparsitySpec, sparsify
+    from converters.sparsity import SparsitySpec, kernels_for, sparsify
     from converters.train_loop import LoopSpec
 
     x, y = data
     mag = f"magnitude {round(100 * args.magnitude_sparsity)}%" + \
         ("" if args.pattern == "unstructured" else f" {args.pattern}")
     combo = f"{mag} + cluster k={args.combo_clusters}"
-    names = ["cluster k=16", mag, combo] + (["lottery 80%"] if args.lottery else []) + \
+    control = "lottery 80% random re-init"
+    names = ["cluster k=16", mag, combo] + (["lottery 80%", control] if args.lottery else []) + \
         ["rigl 90%"]
     if args.only:
-        keys = {"cluster k=16": "cluster", mag: "magnitude", combo: "combo"}
+        keys = {"cluster k=16": "cluster", mag: "magnitude", combo: "combo", control: "lottery"}
         names = [n for n in names if keys.get(n, n.split()[0]) in args.only]
     done = {n: _reused(work, n, args) for n in names}
     if combo in names and mag not in names:  # the combination starts from the sparse model
@@ -202,26 +203,47 @@ def techniques(base, args, data, work: Path):
         yield combo, m, {"seconds": time.perf_counter() - t0, "epochs": args.combo_epochs,
                          "lr": args.cluster_lr, "from": mag,
                          "batchnorm_folded": len(rep["batchnorm_folded"])}
+    spec = LotterySpec(sparsity=0.8, rounds=args.rounds, rewind_epoch=1,
+                       epochs=args.lottery_epochs, learning_rate=args.lr,
+                       keep_sensitive=args.sparse_keep_sensitive)
+    ticket = masks = None
     if "lottery 80%" not in names:
         pass
     elif done["lottery 80%"]:
+        ticket = done["lottery 80%"][1]
         yield done["lottery 80%"]
     else:
-        m, t0 = fresh()
-        lottery_ticket(m, LotterySpec(sparsity=0.8, rounds=args.rounds, rewind_epoch=1,
-                                      epochs=args.lottery_epochs, learning_rate=args.lr), x, y)
-        yield "lottery 80%", m, {"seconds": time.perf_counter() - t0,
-                                 "epochs": f"{args.lottery_epochs} + {args.rounds} rounds x "
-                                           f"{args.lottery_epochs - 1}", "lr": args.lr}
+        ticket, t0 = fresh()
+        _, masks = lottery_ticket(ticket, spec, x, y)
+        yield "lottery 80%", ticket, {"seconds": time.perf_counter() - t0,
+                                      "epochs": f"{args.lottery_epochs} + {args.rounds} rounds "
+                                                f"x {args.lottery_epochs - 1}", "lr": args.lr,
+                                      "keep_sensitive": args.sparse_keep_sensitive}
+    if control not in names:
+        pass
+    elif done[control]:
+        yield done[control]
+    elif ticket is not None:
+        # The paper's control: the ticket's mask on fresh random weights, trained as long as
+        # one round (a reused ticket's mask is where its kernels are nonzero).
+        if masks is None:
+            masks = {v.path: (np.asarray(v.numpy()) != 0).astype(np.float32)
+                     for _, v in kernels_for(ticket, spec)}
+        t0 = time.perf_counter()
+        c = random_reinit_control(ticket, masks, spec, x, y)
+        yield control, c, {"seconds": time.perf_counter() - t0,
+                           "epochs": args.lottery_epochs - 1, "lr": args.lr}
     if "rigl 90%" not in names:
         pass
     elif done["rigl 90%"]:
         yield done["rigl 90%"]
     else:
         m, t0 = fresh()
-        rigl(m, RigLSpec(sparsity=0.9), x, y, LoopSpec(epochs=args.epochs, learning_rate=args.lr))
-        yield "rigl 90%", m, {"seconds": time.perf_counter() - t0, "epochs": args.epochs,
-                              "lr": args.lr}
+        rigl(m, RigLSpec(sparsity=0.9, keep_sensitive=args.sparse_keep_sensitive), x, y,
+             LoopSpec(epochs=args.rigl_epochs or args.epochs, learning_rate=args.lr))
+        yield "rigl 90%", m, {"seconds": time.perf_counter() - t0,
+                              "epochs": args.rigl_epochs or args.epochs, "lr": args.lr,
+                              "keep_sensitive": args.sparse_keep_sensitive}
 
 
 def run(args) -> dict:
@@ -260,7 +282,7 @@ def run(args) -> dict:
                           per_channel=False)
             rows[f"{name} int8 per-tensor"] = {"path": pt["tflite-int8"], "technique": name,
                                                **info}
-        if "cluster" not in name:
+        if "cluster" not in name and "re-init" not in name:
             with bc.quiet():
                 sp = convert_sparse(model, folder / "sparse_fp32.tflite")
                 sp8 = convert_sparse(model, folder / "sparse_int8.tflite",
@@ -380,6 +402,9 @@ def main(argv=None) -> int:
     p.add_argument("--combo-epochs", type=int, default=3, help="combo: centroid fine-tuning epochs")
     p.add_argument("--no-per-tensor", dest="per_tensor", action="store_false",
                    help="skip the per-tensor tflite-int8 rows")
+    p.add_argument("--rigl-epochs", type=int, default=None, help="RigL epochs (default --epochs)")
+    p.add_argument("--sparse-keep-sensitive", action="store_true",
+                   help="lottery/RigL: keep the first conv and depthwise kernels dense")
     p.add_argument("--prune-sensitive", action="store_true",
                    help="magnitude: prune the first conv and depthwise kernels too (the first run)")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
