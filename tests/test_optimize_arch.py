@@ -81,6 +81,7 @@ def test_detection_and_candidates(mnv2):
     fam = detect(keras.models.load_model(mnv2 / "mnv2.keras"))
     assert (fam.family, fam.alpha, fam.input_shape, fam.classes) == ("mobilenetv2", 0.35,
                                                                      (32, 32, 3), 10)
+    assert fam.layout == "applications"  # students built as the first version built them
     assert candidates(fam, (0.25, 0.35, 0.5), (1.0, 0.5)) == ("mobilenetv2-a0.25-r32",)
     plain = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     assert detect(plain) is None
