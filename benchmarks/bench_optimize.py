@@ -8,6 +8,8 @@ digits upsampled to 96x96, cached in ``~/.cache/edgekit-bench/``):
     python benchmarks/bench_optimize.py --budget 40 --workers-budget 10
     python benchmarks/bench_optimize.py --json out.json        # also write the raw numbers
     python benchmarks/bench_optimize.py --prune 0.5 0.75 --skip-workers   # + pruning, fine-tuned
+    python benchmarks/bench_optimize.py --arch-scaling 0.5 0.34 --arch-epochs 10 --skip-workers
+        # + distilled MobileNetV2 students at 1/2 and 1/3 of the input resolution
 
 Every number comes from the study itself: latency is the p50 the agent measured on this machine
 for each trial (repeats of one recipe averaged), accuracy is top-1 on the 450-sample eval split
@@ -35,14 +37,15 @@ TARGET_WORKERS_RATIO = 0.65  # two workers finish a fixed budget in ≤ 0.65× o
 
 
 def run_search(model, calib, evalf, out: Path, budget: int, workers: int, runs: int, seed: int,
-               threads=(1, 2), train=None, prune_ratios=(), time_budget_s=None):
+               threads=(1, 2), train=None, prune_ratios=(), time_budget_s=None, arch=None):
     from edgekit.optimizer import Constraints, SearchSpace, optimize
 
     t0 = time.perf_counter()
     study = optimize(model, "local", calibration=calib, eval=evalf, train=train,
                      constraints=Constraints(max_accuracy_drop=1.0), budget=budget, runs=runs,
                      out=out, workers=workers, seed=seed, time_budget_s=time_budget_s,
-                     space=SearchSpace(threads=threads, prune_ratios=tuple(prune_ratios)),
+                     space=SearchSpace(threads=threads, prune_ratios=tuple(prune_ratios),
+                                       **(arch or {})),
                      progress=lambda m: print(f"    {m}", flush=True))
     return study, time.perf_counter() - t0
 
@@ -105,6 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--prune", type=float, nargs="*", default=None, metavar="RATIO",
                     help="also search pruning with fine-tuning at these ratios (0 included), "
                          "on the digits train split upsampled like the model's input")
+    ap.add_argument("--arch-scaling", type=float, nargs="*", default=None, metavar="SCALE",
+                    help="also search distilled students (architecture scaling) at these "
+                         "input-resolution scales (the source's alpha; none: the defaults)")
+    ap.add_argument("--arch-epochs", type=int, default=10,
+                    help="distillation epochs per student (the reference trained 10)")
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                     help="wall-clock limit of the main search")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgekit-bench")
@@ -123,7 +131,7 @@ def main(argv=None) -> int:
 
     print(f"\n== search: budget {args.budget}, 1 worker, runs {args.runs} ==", flush=True)
     train = None
-    if args.prune is not None:
+    if args.prune is not None or args.arch_scaling is not None:
         import numpy as np
 
         from bench_convert import images
@@ -136,7 +144,11 @@ def main(argv=None) -> int:
                                 args.seed, train=train,
                                 prune_ratios=tuple(args.prune or ()) and
                                 tuple(sorted({0.0, *args.prune})),
-                                time_budget_s=args.time_budget)
+                                time_budget_s=args.time_budget,
+                                arch=None if args.arch_scaling is None else dict(
+                                    arch_scaling=True, arch_epochs=args.arch_epochs,
+                                    **({"arch_resolution_scales": tuple(args.arch_scaling)}
+                                       if args.arch_scaling else {})))
     text = table(study, seconds)
     result["search"] = {"budget": args.budget, "seconds": seconds, "rows": comparison(study),
                         "checks": checks(study), "explanation": study.text}
@@ -157,7 +169,7 @@ def main(argv=None) -> int:
     for k, v in result["search"]["checks"].items():
         print(f"  {k}: {v if not isinstance(v, float) else f'{v:.2f}'}")
     print("explanation:")
-    for line in study.text[:4]:
+    for line in study.text[:8]:
         print(f"  • {line}")
     if "workers" in result:
         w = result["workers"]
