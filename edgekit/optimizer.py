@@ -36,8 +36,8 @@ from converters.options import ConvertOptions
 from edgekit.errors import DeviceError, InputError, ModelLoadError
 from edgekit.optimizer_settings import (  # noqa: F401  (re-exported: the API of this module)
     BEST_RECIPE, FAILED_VALUE, GRACE_S, HEARTBEAT_S, OBJECTIVES, OPEN_GATE, REPORT, RESULTS_DB,
-    STUDY_FILE, STUDY_SCHEMA, STUDY_VERSION, VALUES, Constraints, DevicePaused, Settings,
-    read_settings,
+    SIZE_METRICS, STUDY_FILE, STUDY_SCHEMA, STUDY_VERSION, VALUES, Constraints, DevicePaused,
+    Settings, read_settings,
 )
 from edgekit.optimizer_space import (BuildCache, SearchSpace, TrialFailed, fault_for,
                                      recipe_from_params)
@@ -51,6 +51,7 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
              storage: str | None = None, workers: int = 1, runs: int = 20,
              space: SearchSpace | None = None, connect=None, inventory=None,
              options: ConvertOptions | None = None, seed: int = 0, remeasure: bool = True,
+             compress: bool | None = None, size_metric: str = "bytes",
              progress: Callable[[str], None] | None = None) -> Study:
     """Search for the best recipe of ``model`` on ``device``; write the study to ``out``.
 
@@ -62,7 +63,7 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
         train: training data (.npz x, y): turns on the pruning dimension (ratios 0, 0.25, 0.5
             unless ``space.prune_ratios`` says otherwise), each pruned model fine-tuned on it.
         constraints: limits on measured values (default: 1 accuracy point).
-        objective: "latency" (p50) or "size" (bytes): what the chosen recipe minimises.
+        objective: "latency" (p50) or "size": what the chosen recipe minimises.
         budget: trials in all (finished or failed; the seeded baselines count).
         time_budget_s: wall-clock seconds for this run (a resumed run gets a new one).
         out: the study folder (study.json, study.db, cache/, results.db, report, best recipe).
@@ -78,6 +79,12 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
         remeasure: once the budget is spent, measure the finalists again side by side in
             interleaved rounds and choose on those numbers (``optimizer_finalists``); False:
             choose on the per-trial means.
+        compress: also search magnitude sparsity and weight clustering of the model,
+            fine-tuned on ``train`` (``SearchSpace.compress``; None: as ``space`` says); the
+            fine-tuning cost is estimated and told (``progress``) before the search.
+        size_metric: how the size objective and ``constraints.max_size_bytes`` measure an
+            artifact, one of ``SIZE_METRICS``: "bytes" (the file), "gzip" or "zstd" (the file
+            compressed, what an app store or OTA update ships). Every trial records all three.
         progress: called with one line per step.
 
     Returns:
@@ -93,6 +100,9 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
 
     if objective not in OBJECTIVES:
         raise InputError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if size_metric not in SIZE_METRICS:
+        raise InputError(f"size_metric must be one of {', '.join(SIZE_METRICS)}, got "
+                         f"{size_metric!r}")
     if budget is None or budget < 1:
         raise InputError(f"budget must be >= 1 trial, got {budget!r}")
     if workers < 1:
@@ -113,6 +123,10 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
     if train is not None and not Path(train).exists():
         raise InputError(f"training data {train} does not exist")
     space = space or SearchSpace()
+    if compress is not None:
+        from dataclasses import replace as _replace
+
+        space = _replace(space, compress=bool(compress))
     if train is not None and not space.prune_ratios:
         from dataclasses import replace as _replace
 
@@ -122,6 +136,9 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
     if space.arch_scaling and train is None:
         raise InputError("architecture scaling distills smaller students from the model: pass "
                          "training data (--train)")
+    if space.compress and train is None:
+        raise InputError("compression fine-tunes the sparse/clustered model: pass training "
+                         "data (--train)")
     device_name = device if isinstance(device, str) else device.name
     info = _probe(device, connect, inventory)
     cores = ((info.get("cpu") or {}).get("cores"))
@@ -129,6 +146,8 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
     out.mkdir(parents=True, exist_ok=True)
     if resolved.arch_scaling:
         resolved = _arch_students(source, fmt, resolved, train, out, progress)
+    if resolved.compress:
+        _compress_estimate(source, resolved, train, out, progress)
     sha = sha256_tree(source)
     settings = Settings(
         model=str(source.resolve()), model_sha256=sha, device=device_name,
@@ -142,7 +161,8 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
                                                or {}).items()}, seed=seed,
         device_spec=None if isinstance(device, str) else _spec_dict(device),
         connect=_connect_dict(connect),
-        train=str(Path(train).resolve()) if train is not None else None)
+        train=str(Path(train).resolve()) if train is not None else None,
+        size_metric=size_metric)
     from edgekit.fsutil import write_json_atomic
 
     write_json_atomic(out / STUDY_FILE, settings.to_dict())
@@ -218,6 +238,12 @@ def _side_by_side(settings: Settings, out: Path, connect, tell):
     from edgekit.optimizer_finalists import remeasure
 
     def run(candidates, search_pick):
+        if settings.size_key != "bytes":
+            # The finalists rank (size objective) and record a recipe's size as ``bytes``:
+            # give them the study's measured size (gzip/zstd), what the search chose on.
+            from dataclasses import replace as _replace
+
+            candidates = [_replace(c, bytes=c.size(settings.size_key)) for c in candidates]
         spec = settings.spec()
         with _device_lock(out, spec.name):
             return remeasure(candidates, settings, spec=spec,
@@ -258,6 +284,30 @@ def _arch_students(source: Path, fmt: str, space: SearchSpace, train, out: Path,
     tell(f"estimate: architecture scaling, {len(students)} student(s) of {fam.describe()}: "
          f"about {est['seconds']:.0f} s of training if each is tried once")
     return _replace(space, arch_students=students)
+
+
+def _compress_estimate(source: Path, space: SearchSpace, train, out: Path, progress) -> None:
+    """Tell the compression fine-tunes' cost before anything runs (``progress`` lines starting
+    "estimate:", ``compress_estimate.json``)."""
+    from edgekit.fsutil import write_json_atomic
+    from edgekit.recipe_compress import estimate
+
+    settings = [(s, k) for s in space.compress_sparsities for k in space.compress_clusters]
+    est = estimate(source, train, settings)
+    est["epochs"] = list(space.compress_epochs)
+    write_json_atomic(out / "compress_estimate.json", est)
+    tell = progress or (lambda msg: None)
+    lo, hi = min(space.compress_epochs), max(space.compress_epochs)
+    for name, e in est["settings"].items():
+        msg = (f"estimate: compress {name}: {e['phases']} fine-tune(s) x {lo}-{hi} epoch(s) x "
+               f"{est['steps_per_epoch']} steps x {1000 * est['step_s']:.0f} ms/step measured "
+               f"= {lo * e['seconds_per_epoch']:.0f}-{hi * e['seconds_per_epoch']:.0f} s")
+        log.info(msg)
+        tell(msg)
+    tell(f"estimate: compression, {len(est['settings'])} setting(s): about "
+         f"{lo * est['seconds_per_epoch']:.0f}-{hi * est['seconds_per_epoch']:.0f} s of "
+         "fine-tuning if each is tried once (the clustering loop's steps cost more than the "
+         "plain step measured)")
 
 
 def _spec_dict(spec) -> dict:
@@ -474,11 +524,11 @@ class _Runner:
         m["seconds"] = time.perf_counter() - started
         for k, v in m.items():
             trial.set_user_attr(k, v)
-        violations = self.s.constraints.violations(m)
+        violations = self.s.constraints.violations(m, self.s.size_key)
         trial.set_user_attr("constraints", violations)
         for name, value in zip(self.s.constraints.names(), violations):
             trial.set_constraint(name, value)  # the sampler prefers trials meeting them
-        return tuple(float(m[k]) for k in VALUES)
+        return tuple(float(m[self.s.size_key if k == "bytes" else k]) for k in VALUES)
 
     def _monitor(self, trial, recipe):
         """A FinetuneMonitor for a recipe that fine-tunes (needs labelled eval data), or None."""
@@ -507,8 +557,12 @@ class _Runner:
         if monitor is not None:
             monitor.finish()
             trial.set_user_attr("epoch_drops", monitor.drops)
+        from converters.sparsity import file_sizes
+
         fid = art.fidelity
+        sizes = file_sizes(art.path)  # what an app store / OTA update ships, measured
         m = {"artifact": str(art.path), "sha256": art.sha256, "bytes": art.bytes,
+             "gzip_bytes": sizes["gzip_bytes"], "zstd_bytes": sizes["zstd_bytes"],
              "format": art.format, "precision": art.precision,
              "source_accuracy": fid.source_accuracy if fid else None,
              "host_accuracy": fid.accuracy if fid else None,
@@ -534,7 +588,8 @@ class _Runner:
         m["p50_ms"], m["p90_ms"] = lat.get("p50"), lat.get("p90")
         m["peak_rss_bytes"] = (metrics.get("memory") or {}).get("peak_rss_bytes")
         top1 = (metrics.get("accuracy") or {}).get("top1")
-        if (recipe.prune or recipe.student) and self.labelled:  # it compared with the new model
+        if (recipe.prune or recipe.student or recipe.compress) and self.labelled:
+            # the conversion compared with the new model: the drop is against the original
             m["source_accuracy"] = self._original_accuracy(trial.study)
         m["accuracy"] = float(top1) if top1 is not None else m["host_accuracy"]
         m["accuracy_source"] = "device" if top1 is not None else "host"
@@ -552,7 +607,8 @@ class _Runner:
         """The unpruned source's top-1 on the eval data, from a trial that converted it."""
         for t in study.get_trials(deepcopy=False):
             recipe = t.user_attrs.get("recipe") or {}
-            if t.user_attrs.get("source_accuracy") is not None and not recipe.get("prune"):
+            if t.user_attrs.get("source_accuracy") is not None and not recipe.get("prune") \
+                    and not recipe.get("compress"):
                 return t.user_attrs["source_accuracy"]
         from converters.sources import load_source
         import numpy as np
@@ -610,4 +666,5 @@ def _labelled(eval_path: str | None) -> bool:
 from edgekit.optimizer_report import Study, TrialRow  # noqa: E402  (the result types)
 
 __all__ = ["optimize", "resume", "read_settings", "Study", "TrialRow", "Constraints",
-           "SearchSpace", "DevicePaused", "OBJECTIVES", "BEST_RECIPE", "REPORT", "STUDY_FILE"]
+           "SearchSpace", "DevicePaused", "OBJECTIVES", "SIZE_METRICS", "BEST_RECIPE", "REPORT",
+           "STUDY_FILE"]

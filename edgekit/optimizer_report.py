@@ -34,6 +34,8 @@ class TrialRow:
         role: "baseline" (a runtime's fp32), "tool-default" (a raw tool's default int8) or None.
         p50_ms / p90_ms / peak_rss_bytes: measured on the device.
         bytes / sha256 / artifact: the built artifact.
+        gzip_bytes / zstd_bytes: the artifact file compressed (gzip level 9, zstd level 19),
+            measured: what an app store download or OTA update carries.
         accuracy / source_accuracy / accuracy_drop: top-1 and points lost vs the source.
         accuracy_source: "device" (labelled eval data run there) or "host".
         feasible: complete and every constraint met; misses says which were not.
@@ -53,6 +55,8 @@ class TrialRow:
     p90_ms: float | None = None
     peak_rss_bytes: int | None = None
     bytes: int | None = None
+    gzip_bytes: int | None = None
+    zstd_bytes: int | None = None
     sha256: str | None = None
     artifact: str | None = None
     format: str | None = None
@@ -78,6 +82,11 @@ class TrialRow:
     @property
     def name(self) -> str:
         return self.recipe.name if self.recipe else f"trial-{self.number}"
+
+    def size(self, key: str = "bytes") -> int | None:
+        """The size by a study's size metric (``Settings.size_key``: bytes, gzip_bytes or
+        zstd_bytes)."""
+        return getattr(self, key)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -167,7 +176,8 @@ def trial_rows(study) -> list[TrialRow]:
         recipe = Recipe.from_dict(a["recipe"]) if a.get("recipe") else None
         row = TrialRow(t.number, state, recipe, a.get("role"), trials=[t.number],
                        **{k: a.get(k) for k in (
-                           "p50_ms", "p90_ms", "peak_rss_bytes", "bytes", "sha256", "artifact",
+                           "p50_ms", "p90_ms", "peak_rss_bytes", "bytes", "gzip_bytes",
+                           "zstd_bytes", "sha256", "artifact",
                            "format", "precision", "accuracy", "source_accuracy",
                            "accuracy_drop", "accuracy_source", "sqnr_db", "error",
                            "failed_stage", "result_id", "seconds")})
@@ -181,9 +191,9 @@ def trial_rows(study) -> list[TrialRow]:
     return rows
 
 
-def merge_repeats(rows: list[TrialRow], constraints) -> list[TrialRow]:
+def merge_repeats(rows: list[TrialRow], constraints, size_key: str = "bytes") -> list[TrialRow]:
     """One row per recipe over its completed trials: p50/p90 are means; feasibility is judged
-    on the merged values."""
+    on the merged values (the size constraint on ``size_key``)."""
     by_name: dict[str, TrialRow] = {}
     for r in rows:
         if r.state != "complete" or r.recipe is None:
@@ -205,18 +215,20 @@ def merge_repeats(rows: list[TrialRow], constraints) -> list[TrialRow]:
     out = list(by_name.values())
     for m in out:
         values = {"accuracy_drop": m.accuracy_drop or 0.0, "bytes": m.bytes,
+                  "gzip_bytes": m.gzip_bytes, "zstd_bytes": m.zstd_bytes,
                   "peak_rss_bytes": m.peak_rss_bytes}
-        m.misses = constraints.describe_misses(values)
+        m.misses = constraints.describe_misses(values, size_key)
         m.feasible = not m.misses
     return out
 
 
-def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
-    """Feasible rows that no other feasible row beats on p50, bytes and accuracy drop."""
+def pareto_front(rows: list[TrialRow], size_key: str = "bytes") -> list[TrialRow]:
+    """Feasible rows that no other feasible row beats on p50, size (``size_key``) and accuracy
+    drop."""
     feas = [r for r in rows if r.feasible]
 
     def key(r):
-        return (r.p50_ms, r.bytes, round(r.accuracy_drop or 0.0, 9))
+        return (r.p50_ms, r.size(size_key), round(r.accuracy_drop or 0.0, 9))
 
     def dominates(a, b):
         ka, kb = key(a), key(b)
@@ -225,11 +237,12 @@ def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
     return sorted((r for r in feas if not any(dominates(o, r) for o in feas)), key=key)
 
 
-def choose(rows: list[TrialRow], objective: str) -> TrialRow | None:
+def choose(rows: list[TrialRow], objective: str, size_key: str = "bytes") -> TrialRow | None:
+    """The feasible row with the least p50 (objective "latency") or size (``size_key``)."""
     feas = [r for r in rows if r.feasible]
     if objective == "size":
-        return min(feas, key=lambda r: (r.bytes, r.p50_ms), default=None)
-    return min(feas, key=lambda r: (r.p50_ms, r.bytes), default=None)
+        return min(feas, key=lambda r: (r.size(size_key), r.p50_ms), default=None)
+    return min(feas, key=lambda r: (r.p50_ms, r.size(size_key)), default=None)
 
 
 def finish(study, settings, out: Path, tell, remeasure=None) -> Study:
@@ -244,9 +257,9 @@ def finish(study, settings, out: Path, tell, remeasure=None) -> Study:
     from edgekit.recipe import save_recipe
 
     trials = trial_rows(study)
-    candidates = merge_repeats(trials, settings.constraints)
-    front = pareto_front(candidates)
-    best = choose(candidates, settings.objective)
+    candidates = merge_repeats(trials, settings.constraints, settings.size_key)
+    front = pareto_front(candidates, settings.size_key)
+    best = choose(candidates, settings.objective, settings.size_key)
     side = None
     if remeasure is not None:
         side = remeasure(candidates, best.name if best else None)
@@ -274,12 +287,14 @@ def finish(study, settings, out: Path, tell, remeasure=None) -> Study:
             artifact={"sha256": best.sha256, "bytes": best.bytes,
                       "file": Path(best.artifact).name if best.artifact else None},
             measured={"device": settings.device, "p50_ms": best.p50_ms, "p90_ms": best.p90_ms,
-                      "bytes": best.bytes, "peak_rss_bytes": best.peak_rss_bytes,
+                      "bytes": best.bytes, "gzip_bytes": best.gzip_bytes,
+                      "zstd_bytes": best.zstd_bytes, "peak_rss_bytes": best.peak_rss_bytes,
                       "accuracy": best.accuracy, "accuracy_source": best.accuracy_source,
                       "source_accuracy": best.source_accuracy,
                       "accuracy_drop": best.accuracy_drop, "trials": best.trials,
                       "side_by_side": measured_side},
-            constraints=asdict(settings.constraints), objective=settings.objective,
+            constraints={**asdict(settings.constraints), "size_metric": settings.size_metric},
+            objective=settings.objective,
             advice=tuple(text))
         save_recipe(recipe, out / BEST_RECIPE)
         tell(f"chose {best.name}: {out / BEST_RECIPE}")
@@ -320,7 +335,8 @@ def explanation(trials, candidates, best, settings, info, side=None) -> list[str
                          (c.p50_ms, base.p50_ms if base is not None else None))
         # A pruned model is another model: advice_text must not take a pruned fp32 recipe for
         # an fp32 baseline of the source ("0.33x faster than ...-pruned75").
-        precision = (c.precision or "") + ("+pruned" if c.recipe.prune else "")
+        precision = (c.precision or "") + ("+pruned" if c.recipe.prune else "") + \
+            ("+compressed" if c.recipe.compress else "")
         row = AdviceRow(
             c.name, c.recipe.target, c.format or "", precision,
             baseline=base.name if base else None, bytes=c.bytes, p50_ms=p50,
@@ -346,9 +362,14 @@ def explanation(trials, candidates, best, settings, info, side=None) -> list[str
                 row.gate_passed, row.gate_miss, row.error = False, t.error, None
             rows.append(row)
             by_name[t.name] = row
+    size_of = {c.name: c.size(settings.size_key) for c in candidates}
+
+    def size(r):  # the study's size metric (AdviceRow.bytes is the file's)
+        return size_of.get(r.recipe, r.bytes)
+
     ranked = sorted((r for r in rows if r.within_budget),
-                    key=(lambda r: (r.bytes, r.p50_ms)) if settings.objective == "size"
-                    else (lambda r: (r.p50_ms, r.bytes)))
+                    key=(lambda r: (size(r), r.p50_ms)) if settings.objective == "size"
+                    else (lambda r: (r.p50_ms, size(r))))
     for i, r in enumerate(ranked, 1):
         r.rank = i
     best_row = by_name.get(best.name) if best else None
@@ -358,9 +379,11 @@ def explanation(trials, candidates, best, settings, info, side=None) -> list[str
                          device=settings.device, model=settings.model,
                          threads=best.recipe.threads if best else 1)
     lines.insert(1, _search_line(trials, candidates, best, settings))
+    if best is not None and settings.size_key != "bytes":
+        lines.insert(2, _size_line(best, candidates, settings))
     head = list(side.lines) if side is not None else []
     if best is not None:
-        head += _versus_marked(best, candidates)
+        head += _versus_marked(best, candidates, settings.size_key)
     lines[2:2] = head
     return lines
 
@@ -380,7 +403,8 @@ def variant_of(recipe: Recipe, fmt: str | None, precision: str | None) -> dict:
     qformat = str(opts.pop("onnx_quant_format", "qdq")).lower()
     v = {"target": recipe.target, "options": json.dumps(opts, sort_keys=True),
          "threads": recipe.threads, "prune": json.dumps(recipe.prune, sort_keys=True),
-         "student": json.dumps(recipe.student, sort_keys=True)}
+         "student": json.dumps(recipe.student, sort_keys=True),
+         "compress": json.dumps(recipe.compress, sort_keys=True)}
     if fmt == "tflite":
         v["xnnpack"] = bool(recipe.xnnpack)
     elif fmt in ("onnx", "ort"):
@@ -411,8 +435,25 @@ def _search_line(trials, candidates, best, settings) -> str:
     return text + "."
 
 
-def _versus_marked(best, candidates) -> list[str]:
-    """The chosen recipe against each baseline and raw tool default, measured."""
+def _size_line(best, candidates, settings) -> str:
+    """The chosen recipe's size as the study measured it (gzip/zstd), against the fp32
+    baselines' and its own file: the advice's sizes are the files'."""
+    metric, key = settings.size_metric, settings.size_key
+    text = (f"Size by {metric} (what an app store or OTA update ships): {best.name} is "
+            f"{best.size(key) / 1024:.1f} KiB {metric} of a {best.bytes / 1024:.1f} KiB file")
+    bases = [c for c in candidates if c.role == ROLE_BASELINE and c.size(key)]
+    if bases:
+        text += "; " + ", ".join(f"{best.size(key) / c.size(key):.3f}x {c.name}'s "
+                                 f"{c.size(key) / 1024:.1f} KiB {metric}" for c in bases)
+    if settings.constraints.max_size_bytes is not None:
+        text += f"; limit {settings.constraints.max_size_bytes} bytes {metric}"
+    return text + "."
+
+
+def _versus_marked(best, candidates, size_key: str = "bytes") -> list[str]:
+    """The chosen recipe against each baseline and raw tool default, measured (sizes by the
+    study's size metric, ``size_key``)."""
+    what_size = {"bytes": "size", "gzip_bytes": "gzip size", "zstd_bytes": "zstd size"}[size_key]
     out = []
     for c in candidates:
         if c.role not in (ROLE_BASELINE, ROLE_TOOL_DEFAULT) or c is best:
@@ -424,10 +465,12 @@ def _versus_marked(best, candidates) -> list[str]:
                         else (best.p50_ms, c.p50_ms))
         ratio = theirs / mine
         speed = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+        size, mine_size = c.size(size_key), best.size(size_key)
+        unit = "" if size_key == "bytes" else f" {what_size.split()[0]}"
         out.append(f"vs {what} {c.name} ({theirs:.4g} ms{' side by side' if side else ''}, "
-                   f"{c.bytes / 1024:.1f} KiB{drop}"
+                   f"{size / 1024:.1f} KiB{unit}{drop}"
                    f"{'' if c.feasible else ', over the constraints'}): chosen is {speed} and "
-                   f"{best.bytes / c.bytes:.2f}x the size.")
+                   f"{mine_size / size:.2f}x the {what_size}.")
     return out
 
 
@@ -458,7 +501,8 @@ def _search_section(study: Study) -> str:
     c = s.constraints
     limits = [f"accuracy drop ≤ {c.max_accuracy_drop:g} points"]
     if c.max_size_bytes:
-        limits.append(f"size ≤ {c.max_size_bytes} bytes")
+        limits.append(f"size ≤ {c.max_size_bytes} bytes"
+                      + ("" if s.size_metric == "bytes" else f" {s.size_metric}"))
     if c.max_peak_memory_bytes:
         limits.append(f"peak memory ≤ {c.max_peak_memory_bytes} bytes")
     parts = [head, f"<p>constraints (measured on the device): {html.escape(', '.join(limits))}"
@@ -478,7 +522,8 @@ def _search_section(study: Study) -> str:
                      f'base64,{base64.b64encode(png).decode()}">')
     parts.append('<table id="candidates" class="sortable"><thead><tr>' + "".join(
         f"<th>{h}</th>" for h in ("recipe", "marks", "trials", "p50 ms", "size KiB",
-                                  "peak MiB", "top-1 %", "drop pts", "constraints"))
+                                  "gzip KiB", "peak MiB", "top-1 %", "drop pts",
+                                  "constraints"))
         + "</tr></thead><tbody>")
     for r in sorted(study.candidates, key=lambda r: r.p50_ms):
         marks = _marks(r)
@@ -488,7 +533,8 @@ def _search_section(study: Study) -> str:
             f"<td>{html.escape(r.name)}</td><td>{', '.join(marks)}</td>"
             f"<td>{len(r.trials)}</td><td class=num data-value=\"{r.p50_ms!r}\">"
             f"{r.p50_ms:.4g}</td><td class=num data-value=\"{r.bytes!r}\">"
-            f"{r.bytes / 1024:.1f}</td><td class=num>"
+            f"{r.bytes / 1024:.1f}</td><td class=num data-value=\"{r.gzip_bytes!r}\">"
+            f"{'' if r.gzip_bytes is None else f'{r.gzip_bytes / 1024:.1f}'}</td><td class=num>"
             f"{'' if r.peak_rss_bytes is None else f'{r.peak_rss_bytes / (1 << 20):.1f}'}</td>"
             f"<td class=num>{'' if r.accuracy is None else f'{100 * r.accuracy:.2f}'}</td>"
             f"<td class=num>{'' if r.accuracy_drop is None else f'{r.accuracy_drop:.2f}'}</td>"

@@ -19,8 +19,12 @@ RESULTS_DB = "results.db"
 BEST_RECIPE = "best.recipe.json"
 REPORT = "report.html"
 OBJECTIVES = ("latency", "size")
-# Optuna minimises these three, in this order.
+# Optuna minimises these three, in this order ("bytes": the size by the study's size metric).
 VALUES = ("p50_ms", "bytes", "accuracy_drop")
+#: How an artifact's size is measured, for the size objective and ``max_size_bytes``: the file
+#: itself, or the file compressed as an app store download or OTA update ships it
+#: (``converters.sparsity.file_sizes``; every trial records all three).
+SIZE_METRICS = {"bytes": "bytes", "gzip": "gzip_bytes", "zstd": "zstd_bytes"}
 # A worker on another machine that stops sending heartbeats for this long has its trial failed
 # and retried by whichever worker notices (Optuna's heartbeat).
 HEARTBEAT_S, GRACE_S = 10, 60
@@ -35,7 +39,8 @@ class Constraints:
     Attributes:
         max_accuracy_drop: accuracy points below the source model (top-1 on labelled eval data
             measured on the device; else the host's top-1 disagreement with the source).
-        max_size_bytes: artifact file size.
+        max_size_bytes: artifact size, measured as the study's size metric (``SIZE_METRICS``:
+            the file's bytes by default).
         max_peak_memory_bytes: peak resident memory of the measuring process on the device.
     """
 
@@ -53,11 +58,13 @@ class Constraints:
                 raise InputError(f"{name} must be > 0, got {v!r}")
         return self
 
-    def violations(self, m: dict) -> list[float]:
-        """One value per constraint, <= 0 when met (Optuna's convention)."""
+    def violations(self, m: dict, size_key: str = "bytes") -> list[float]:
+        """One value per constraint, <= 0 when met (Optuna's convention); the size is
+        ``m[size_key]`` (a ``SIZE_METRICS`` value)."""
         out = [round(m["accuracy_drop"] - self.max_accuracy_drop, 9)]
         if self.max_size_bytes is not None:
-            out.append(float(m["bytes"] - self.max_size_bytes))
+            size = m.get(size_key)
+            out.append(float("inf") if size is None else float(size - self.max_size_bytes))
         if self.max_peak_memory_bytes is not None:
             peak = m.get("peak_rss_bytes")
             out.append(float("inf") if peak is None else float(peak - self.max_peak_memory_bytes))
@@ -68,9 +75,11 @@ class Constraints:
         return ["accuracy_drop"] + (["size"] if self.max_size_bytes is not None else []) + \
             (["peak_memory"] if self.max_peak_memory_bytes is not None else [])
 
-    def describe_misses(self, m: dict) -> list[str]:
-        v = self.violations(m)
-        names = ["accuracy drop", "size", "peak memory"]
+    def describe_misses(self, m: dict, size_key: str = "bytes") -> list[str]:
+        v = self.violations(m, size_key)
+        metric = next((k for k, key in SIZE_METRICS.items() if key == size_key), "bytes")
+        names = ["accuracy drop", "size" if metric == "bytes" else f"{metric} size",
+                 "peak memory"]
         limits = [f"{self.max_accuracy_drop:g} points", f"{self.max_size_bytes} bytes",
                   f"{self.max_peak_memory_bytes} bytes"]
         kinds = [0] + ([1] if self.max_size_bytes is not None else []) + \
@@ -80,7 +89,11 @@ class Constraints:
 
 @dataclass
 class Settings:
-    """Everything a search needs, stored as ``study.json`` so ``--resume`` needs only the folder."""
+    """Everything a search needs, stored as ``study.json`` so ``--resume`` needs only the folder.
+
+    ``size_metric`` (a ``SIZE_METRICS`` key) says how the size objective and ``max_size_bytes``
+    measure an artifact; a study written before it existed reads as ``bytes``.
+    """
 
     model: str
     model_sha256: str
@@ -102,6 +115,12 @@ class Settings:
     device_spec: dict | None = None
     connect: dict = field(default_factory=dict)
     train: str | None = None
+    size_metric: str = "bytes"
+
+    @property
+    def size_key(self) -> str:
+        """The measured value the size objective and ``max_size_bytes`` use."""
+        return SIZE_METRICS[self.size_metric]
 
     def spec(self):
         """The DeviceSpec to measure on."""

@@ -27,12 +27,15 @@ P_TARGET, P_THREADS, P_REPAIR = "target", "threads", "repair"
 P_ACT, P_RR, P_CALIB, P_PER_CHANNEL = ("onnx_int8_activations", "onnx_int8_reduce_range",
                                        "onnx_int8_calibration", "onnx_int8_per_channel")
 P_QFORMAT = "onnx_int8_format"
+P_TFL_PER_CHANNEL = "tflite_int8_per_channel"
 P_XNNPACK, P_ORT_OPT = "xnnpack", "ort_opt_level"  # runtime settings, measured on the device
 P_STUDENT, P_STUDENT_EPOCHS = "student", "student_epochs"  # architecture scaling
 NO_STUDENT = "none"
 P_PRUNE, P_CRITERION, P_EPOCHS, P_LR, P_DISTILL, P_TEMP, P_ALPHA = (
     "prune_ratio", "prune_criterion", "finetune_epochs", "finetune_learning_rate", "distill",
     "distill_temperature", "distill_alpha")
+P_SPARSITY, P_CLUSTERS, P_C_EPOCHS, P_C_LR = ("compress_sparsity", "compress_clusters",
+                                              "compress_epochs", "compress_learning_rate")
 # The .ort target is left out: ONNX Runtime serialises it from hash maps, so two builds of one
 # graph differ in byte order and a recipe could not be replayed byte-identically (it runs the
 # same graph as onnx-fp32 in the same runtime, so the search loses no speed by it).
@@ -48,7 +51,8 @@ class TrialFailed(EdgekitError):
     """A trial's recipe could not be built, missed the gate, or failed on the device.
 
     Attributes:
-        stage: "convert", "gate" or "benchmark".
+        stage: "convert", "gate", "compress" (the compress step refused the model) or
+            "benchmark".
     """
 
     def __init__(self, stage: str, message: str):
@@ -66,6 +70,10 @@ class SearchSpace:
         threads: runtime thread counts to try on the device.
         onnx_int8_variants: search onnx-int8's activation signedness (S8S8/U8S8), 7-bit weights,
             calibration method, per-channel scales and operator format (QDQ/QOperator).
+        tflite_int8_per_tensor: also try tflite-int8 with one weight scale per tensor
+            (``ConvertOptions.per_channel=False``): a clustered layer then keeps <= k int8
+            values and the file loses its per-channel scale arrays (smaller gzip). A
+            conversion option, no training: on by default.
         xnnpack: for TFLite targets, run with LiteRT's XNNPACK delegate (True) and/or with its
             built-in kernels only (False); both are measured by default.
         ort_opt_levels: for ONNX targets, ONNX Runtime graph optimization levels to measure
@@ -86,6 +94,13 @@ class SearchSpace:
             resolutions (fractions of the source's), those not larger than the source's.
         arch_epochs: distillation epochs per student.
         arch_students: the student names found for the source (set by ``optimize``).
+        compress: also try magnitude sparsity and/or weight clustering of the source,
+            fine-tuned on the training data (``recipe_compress``); off by default: it costs
+            training time, estimated and printed before the search starts.
+        compress_sparsities / compress_clusters: the choices (0: that step is not applied;
+            both 0: the source uncompressed).
+        compress_epochs / compress_learning_rates: the compression fine-tune's choices (as
+            the pruning fine-tune's; 1e-3 recovered the digits CNN best after 80% + k=16).
     """
 
     targets: tuple = ()
@@ -105,6 +120,12 @@ class SearchSpace:
     arch_resolution_scales: tuple = (1.0, 0.75, 0.5)
     arch_epochs: int = 3
     arch_students: tuple = ()
+    tflite_int8_per_tensor: bool = True
+    compress: bool = False
+    compress_sparsities: tuple = (0.0, 0.5, 0.8)
+    compress_clusters: tuple = (0, 16, 32)
+    compress_epochs: tuple = (1, 3)
+    compress_learning_rates: tuple = (1e-3, 3e-4)
 
     def resolve(self, source_format: str, cores: int | None) -> SearchSpace:
         """This space with the targets the source supports and threads the device has.
@@ -134,7 +155,29 @@ class SearchSpace:
             raise InputError(f"prune ratios must be in [0, 1), got {list(ratios)}")
         if fmt not in ("keras", "h5") and any(ratios):
             raise InputError(f"pruning works on Keras models (.keras/.h5), not {source_format}")
+        sparsities = tuple(sorted({float(s) for s in self.compress_sparsities}))
+        clusters = tuple(sorted({int(k) for k in self.compress_clusters}))
+        if self.compress:
+            if fmt not in ("keras", "h5"):
+                raise InputError(f"compression (sparsity, clustering) works on Keras models "
+                                 f"(.keras/.h5), not {source_format}")
+            if any(not 0 <= s < 1 for s in sparsities):
+                raise InputError(f"compress sparsities must be in [0, 1), got {list(sparsities)}")
+            if any(k != 0 and not 2 <= k <= 256 for k in clusters):
+                raise InputError(f"compress clusters must be 0 (none) or 2..256, got "
+                                 f"{list(clusters)}")
+            if not any(sparsities) and not any(clusters):
+                raise InputError("compress searches sparsity and/or clusters: give a sparsity "
+                                 "> 0 or clusters >= 2")
+            if not self.compress_epochs or any(int(e) < 1 for e in self.compress_epochs):
+                raise InputError(f"compress epochs must be >= 1, got "
+                                 f"{list(self.compress_epochs)}")
+            if not self.compress_learning_rates or any(
+                    not lr > 0 for lr in self.compress_learning_rates):
+                raise InputError(f"compress learning rates must be > 0, got "
+                                 f"{list(self.compress_learning_rates)}")
         return replace(self, targets=tuple(wanted), threads=tuple(threads), prune_ratios=ratios,
+                       compress_sparsities=sparsities or (0.0,), compress_clusters=clusters or (0,),
                        xnnpack=tuple(dict.fromkeys(self.xnnpack)),
                        ort_opt_levels=tuple(dict.fromkeys(self.ort_opt_levels)))
 
@@ -145,6 +188,9 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, doc: dict) -> SearchSpace:
         known = {f.name for f in fields(cls)}
+        # A study written before tflite-int8's per-tensor dimension existed resumes with the
+        # space it was started with.
+        doc = {"tflite_int8_per_tensor": False, **doc}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()
                       if k in known})
 
@@ -158,6 +204,9 @@ class SearchSpace:
             params[P_CALIB] = trial.suggest_categorical(P_CALIB, ["minmax", "percentile"])
             params[P_PER_CHANNEL] = trial.suggest_categorical(P_PER_CHANNEL, [True, False])
             params[P_QFORMAT] = trial.suggest_categorical(P_QFORMAT, ["qdq", "qoperator"])
+        if target == "tflite-int8" and self.tflite_int8_per_tensor:
+            params[P_TFL_PER_CHANNEL] = trial.suggest_categorical(P_TFL_PER_CHANNEL,
+                                                                  [True, False])
         if target in _INT8 and self.repair:
             params[P_REPAIR] = trial.suggest_categorical(P_REPAIR, [False, True])
         params[P_THREADS] = trial.suggest_categorical(P_THREADS, list(self.threads))
@@ -184,6 +233,15 @@ class SearchSpace:
                 if params[P_DISTILL]:
                     params[P_TEMP] = trial.suggest_categorical(P_TEMP, list(self.temperatures))
                     params[P_ALPHA] = trial.suggest_categorical(P_ALPHA, list(self.alphas))
+        if self.compress:
+            s = trial.suggest_categorical(P_SPARSITY, list(self.compress_sparsities))
+            k = trial.suggest_categorical(P_CLUSTERS, list(self.compress_clusters))
+            params[P_SPARSITY], params[P_CLUSTERS] = s, k
+            if s or k:
+                params[P_C_EPOCHS] = trial.suggest_categorical(P_C_EPOCHS,
+                                                               list(self.compress_epochs))
+                params[P_C_LR] = trial.suggest_categorical(P_C_LR,
+                                                           list(self.compress_learning_rates))
         return params
 
     def seeds(self) -> list[tuple[dict, str]]:
@@ -201,6 +259,8 @@ class SearchSpace:
                 if t == "onnx-int8" and self.onnx_int8_variants:
                     p.update({P_ACT: "s8s8", P_RR: False, P_CALIB: "minmax", P_PER_CHANNEL: True,
                               P_QFORMAT: "qdq"})
+                if t == "tflite-int8" and self.tflite_int8_per_tensor:
+                    p[P_TFL_PER_CHANNEL] = True  # LiteRT's default
                 if self.repair:
                     p[P_REPAIR] = False
                 out.append((p, "tool-default"))
@@ -222,7 +282,43 @@ class SearchSpace:
                 out.append((self._runtime_defaults(fp32[0], {
                     P_TARGET: fp32[0], P_THREADS: 1, P_STUDENT: self.arch_students[0],
                     P_STUDENT_EPOCHS: self.arch_epochs}), "arch-probe"))
+        if self.compress:
+            for p, _ in out:
+                p.setdefault(P_SPARSITY, 0.0)
+                p.setdefault(P_CLUSTERS, 0)
+            probe = self._compress_probe()
+            if probe is not None:  # the strongest compression measured early
+                out.append((probe, "compress-probe"))
         return out
+
+    def _compress_probe(self) -> dict | None:
+        """The strongest sparsity with the fewest clusters, fine-tuned for the fewest epochs,
+        on per-tensor tflite-int8 when it is searched (the smallest file: a clustered layer
+        keeps <= k int8 values), else the first fp32 target."""
+        s, k = max(self.compress_sparsities), min((c for c in self.compress_clusters if c),
+                                                  default=0)
+        if not s and not k:
+            return None
+        fp32 = [t for t in self.targets if get_target(t).precision == "fp32"]
+        if "tflite-int8" in self.targets:
+            target = "tflite-int8"
+        elif fp32:
+            target = fp32[0]
+        else:
+            return None
+        p = self._runtime_defaults(target, {P_TARGET: target, P_THREADS: 1, P_SPARSITY: s,
+                                            P_CLUSTERS: k, P_C_EPOCHS: min(self.compress_epochs),
+                                            P_C_LR: self.compress_learning_rates[0]})
+        if target == "tflite-int8":
+            if self.tflite_int8_per_tensor:
+                p[P_TFL_PER_CHANNEL] = False
+            if self.repair:
+                p[P_REPAIR] = False
+        if self.prune_ratios:
+            p[P_PRUNE] = 0.0
+        if self.arch_students:
+            p[P_STUDENT] = NO_STUDENT
+        return p
 
     def _runtime_defaults(self, target: str, params: dict) -> dict:
         """``params`` with the runtime's default setting for ``target`` (when searched): an
@@ -254,7 +350,7 @@ def recipe_from_params(params: dict, gate: ConvertOptions | None = None,
 
         opts = _set(opts, calibration_method=CalibrationMethod.PERCENTILE)
         name.append("percentile")
-    if params.get(P_PER_CHANNEL) is False:
+    if params.get(P_PER_CHANNEL) is False or params.get(P_TFL_PER_CHANNEL) is False:
         opts = _set(opts, per_channel=False)
         name.append("per-tensor")
     if params.get(P_QFORMAT) == "qoperator":
@@ -287,6 +383,15 @@ def recipe_from_params(params: dict, gate: ConvertOptions | None = None,
                    "learning_rate": 1e-3, "temperature": 4.0, "kd_alpha": 0.7, "seed": 0,
                    "train": train.to_dict() if train else None}
         name.append(f"{params[P_STUDENT]}-e{student['epochs']}")
+    compress = None
+    if params.get(P_SPARSITY) or params.get(P_CLUSTERS):
+        from edgekit.recipe_compress import compress_name
+
+        compress = {"sparsity": float(params[P_SPARSITY]) if params.get(P_SPARSITY) else None,
+                    "clusters": int(params[P_CLUSTERS]) if params.get(P_CLUSTERS) else None,
+                    "epochs": int(params[P_C_EPOCHS]), "learning_rate": float(params[P_C_LR]),
+                    "seed": 0, "train": train.to_dict() if train else None}
+        name.append(compress_name(compress))
     threads = int(params.get(P_THREADS, 1))
     if threads != 1:
         name.append(f"t{threads}")
@@ -297,7 +402,8 @@ def recipe_from_params(params: dict, gate: ConvertOptions | None = None,
     if ort_level != "all":
         name.append(f"ort-{ort_level}")
     return Recipe("-".join(name), target, options_to_json(opts), threads, prune=prune,
-                  xnnpack=xnnpack, ort_opt_level=ort_level, student=student)
+                  xnnpack=xnnpack, ort_opt_level=ort_level, student=student,
+                  compress=compress)
 
 
 def _set(opts: ConvertOptions, **values) -> ConvertOptions:
@@ -317,8 +423,8 @@ def fault_for(recipe_name: str) -> str | None:
 
 @dataclass
 class BuildCache:
-    """Artifacts by content address (source + calibration + target + options): a folder per
-    key holding the convert output (artifact + manifest.json), or ``failed.json`` with why.
+    """Artifacts by content address (source + calibration + target + options + training
+    steps: ``Recipe.build_key``): a folder per key holding the convert output (artifact + manifest.json), or ``failed.json`` with why.
 
     Builds go to a temporary folder renamed into place, so two workers building one key at once
     both end up with the same complete folder.
@@ -381,11 +487,20 @@ class BuildCache:
 
                 source = train_student(model, recipe.student, self.train,
                                        tmp / "student" / "student.keras")
+            if recipe.compress:
+                from edgekit.recipe import compress_step
+
+                try:
+                    source = compress_step(recipe.compress, source, self.train,
+                                           tmp / "compressed")
+                except InputError as e:  # e.g. nothing to cluster: this recipe fails, the
+                    raise TrialFailed("compress", str(e)) from e  # search goes on
             convert(source, [recipe.target], calibration=calibration, eval=eval, out=tmp,
                     options=recipe.options(base))
-        except ConversionError as e:
+        except (ConversionError, TrialFailed) as e:
             msg = next(iter((getattr(e, "failures", None) or {}).values()), str(e))
-            failure = ("gate" if "missed the fidelity gate" in msg else "convert", msg)
+            failure = (e.stage if isinstance(e, TrialFailed) else
+                       "gate" if "missed the fidelity gate" in msg else "convert", msg)
             tmp.mkdir(parents=True, exist_ok=True)
             (tmp / "failed.json").write_text(json.dumps({"stage": failure[0],
                                                          "error": failure[1]}))

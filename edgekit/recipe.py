@@ -120,6 +120,12 @@ class Recipe:
         student: a smaller model trained by distillation from the source, converted instead of
             it (``optimizer_arch``): {family, alpha, resolution, epochs, learning_rate,
             temperature, kd_alpha, seed, train: {path, sha256}}; None: the source itself.
+        compress: magnitude sparsity and/or weight clustering of the source (after ``prune``
+            or the student), fine-tuned (``edgekit.recipe_compress``): {sparsity, clusters,
+            epochs, learning_rate, seed, train: {path, sha256}}; None: not compressed. Written
+            to the document only when set, so recipes without it stay readable by an edgekit
+            that predates it, and one with it is refused there (schema) rather than built
+            uncompressed.
 
     Runtime settings do not change the artifact's bytes. In the document they sit in
     ``runtime`` next to ``threads`` and are written only when they differ from the runtimes'
@@ -143,14 +149,16 @@ class Recipe:
     xnnpack: bool = True
     ort_opt_level: str = "all"
     student: dict | None = None
+    compress: dict | None = None
 
     def options(self, base: ConvertOptions | None = None) -> ConvertOptions:
         """The typed ``ConvertOptions`` this recipe builds with."""
         return options_from_json(self.convert_options, base)
 
     def build_key(self, source_sha256: str, calibration_sha256: str | None) -> str:
-        """Content address of the build: source + calibration + target + options + pruning (not
-        threads, which is a runtime setting, nor the measurements)."""
+        """Content address of the build: source + calibration + target + options + the
+        training steps (prune, student, compress), not threads, which is a runtime setting,
+        nor the measurements."""
         from edgekit import __version__
 
         doc = {"source": source_sha256, "calibration": calibration_sha256,
@@ -159,20 +167,25 @@ class Recipe:
             doc["prune"] = self.prune
         if self.student:
             doc["student"] = self.student
+        if self.compress:
+            doc["compress"] = self.compress
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
         from edgekit import __version__
 
-        return {"schema": RECIPE_SCHEMA, "schema_version": RECIPE_VERSION,
-                "generated_by": f"edgekit {__version__}", "name": self.name,
-                "target": self.target, "convert_options": dict(self.convert_options),
-                "runtime": self.runtime(),
-                "source": self.source.to_dict() if self.source else None,
-                "calibration": self.calibration.to_dict() if self.calibration else None,
-                "artifact": self.artifact, "measured": self.measured,
-                "constraints": self.constraints, "objective": self.objective,
-                "advice": list(self.advice), "prune": self.prune, "student": self.student}
+        doc = {"schema": RECIPE_SCHEMA, "schema_version": RECIPE_VERSION,
+               "generated_by": f"edgekit {__version__}", "name": self.name,
+               "target": self.target, "convert_options": dict(self.convert_options),
+               "runtime": self.runtime(),
+               "source": self.source.to_dict() if self.source else None,
+               "calibration": self.calibration.to_dict() if self.calibration else None,
+               "artifact": self.artifact, "measured": self.measured,
+               "constraints": self.constraints, "objective": self.objective,
+               "advice": list(self.advice), "prune": self.prune, "student": self.student}
+        if self.compress:
+            doc["compress"] = self.compress
+        return doc
 
     def runtime(self) -> dict:
         """The ``runtime`` object of the document: threads, and settings off their defaults."""
@@ -203,6 +216,10 @@ class Recipe:
                     else "re-run `edgekit optimize`")
             raise InputError(f"{where} has recipe schema_version {version!r}; this edgekit reads "
                              f"version {RECIPE_VERSION}: {hint}")
+        if doc.get("compress") is not None:  # first: its messages say more than the schema's
+            from edgekit.recipe_compress import check_compress
+
+            check_compress(doc["compress"], where)
         try:
             _validator().validate(doc)
         except jsonschema.ValidationError as e:
@@ -222,7 +239,7 @@ class Recipe:
                    ref(doc.get("calibration")), doc.get("artifact"), doc.get("measured"),
                    doc.get("constraints"), doc.get("objective"), tuple(doc.get("advice") or ()),
                    doc.get("prune"), bool(rt.get("xnnpack", True)),
-                   rt.get("ort_opt_level", "all"), doc.get("student"))
+                   rt.get("ort_opt_level", "all"), doc.get("student"), doc.get("compress"))
 
 
 @lru_cache(maxsize=1)
@@ -352,6 +369,22 @@ def _prune_and_finetune(model, prune: dict, train, path: Path, callbacks) -> Pat
     return path
 
 
+def compress_step(compress: dict, source, train, folder: Path, notes=None) -> Path:
+    """``recipe_compress.compress_source`` of ``source`` into ``folder`` (named after it); a
+    note in ``notes`` when ``train`` is not the data the recipe was fine-tuned on."""
+    from edgekit.fsutil import sha256_tree
+    from edgekit.recipe_compress import compress_source
+
+    train_ref = compress.get("train") or {}
+    if notes is not None and train is not None and train_ref.get("sha256") \
+            and not any(n.startswith(f"training data {train} ") for n in notes) \
+            and sha256_tree(train) != train_ref["sha256"]:
+        notes.append(f"training data {train} is not the data the recipe was compressed on "
+                     "(sha256 differs): the bytes will differ")
+    stem = Path(source).stem if Path(source).is_file() else Path(source).name
+    return compress_source(source, compress, train, Path(folder) / f"{stem}.keras")
+
+
 def replay(recipe: Recipe, model, *, calibration=None, eval=None, out="build",
            base: ConvertOptions | None = None, train=None) -> Replay:
     """Build ``recipe`` from ``model``: the same target and options, verified and gated as
@@ -364,7 +397,8 @@ def replay(recipe: Recipe, model, *, calibration=None, eval=None, out="build",
         eval: evaluation data for the fidelity check (does not change the bytes).
         out: output folder.
         base: options the recipe's are applied over (e.g. ``input_shapes``).
-        train: training data, for a recipe that prunes and fine-tunes (``recipe.prune``).
+        train: training data, for a recipe that fine-tunes (``recipe.prune``, ``student``,
+            ``compress``).
 
     Returns:
         Replay: the artifact and whether its sha256 equals the recipe's.
@@ -409,6 +443,8 @@ def replay(recipe: Recipe, model, *, calibration=None, eval=None, out="build",
                          "(sha256 differs): the bytes will differ")
         source = train_student(model, recipe.student, train, Path(out) / "student" /
                                "student.keras")
+    if recipe.compress:
+        source = compress_step(recipe.compress, source, train, Path(out) / "compressed", notes)
     art = convert(source, [recipe.target], calibration=calibration, eval=eval, out=out,
                   options=recipe.options(base))[0]
     expected = (recipe.artifact or {}).get("sha256")

@@ -66,6 +66,10 @@ def parse_duration(text: str | None, option: str) -> float | None:
                    "(B0-B7, V2 B0-B3), or a model with one as its backbone: also try smaller "
                    "students (width or variant, resolution; your head and preprocessing kept) "
                    "distilled from MODEL; the training time is estimated and printed first.")
+@click.option("--compress", is_flag=True, default=False,
+              help="With --train (Keras models): also try magnitude sparsity (50%, 80%) and/or "
+                   "weight clustering (16, 32 values per layer) fine-tuned on it; the "
+                   "fine-tuning time is estimated and printed first.")
 @click.option("--prune-ratio", "prune_ratios", multiple=True, type=float, metavar="R",
               help="Pruning ratios to search with --train (repeatable; default 0, 0.25, 0.5).")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
@@ -73,7 +77,10 @@ def parse_duration(text: str | None, option: str) -> float | None:
 @click.option("--objective", default="latency", show_default=True, metavar="latency|size",
               help="What the chosen recipe minimises among those meeting the constraints.")
 @click.option("--max-size", default=None, metavar="SIZE",
-              help="Largest artifact, e.g. 2MB or 512KiB (measured file size).")
+              help="Largest artifact, e.g. 2MB or 512KiB (measured as --size-metric).")
+@click.option("--size-metric", default="bytes", show_default=True, metavar="bytes|gzip|zstd",
+              help="How --objective size and --max-size measure an artifact: the file, or the "
+                   "file gzip/zstd-compressed (what an app store or OTA update ships).")
 @click.option("--max-peak-memory", default=None, metavar="SIZE",
               help="Largest peak resident memory while running, measured on the device.")
 @click.option("--budget", type=int, default=20, show_default=True,
@@ -113,8 +120,8 @@ def parse_duration(text: str | None, option: str) -> float | None:
               help="Run trials of --resume DIR only (started by --workers).")
 @connection_options
 @json_option
-def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, prune_ratios, max_accuracy_drop,
-                 objective, max_size, max_peak_memory, budget, time_budget, out, storage, workers, runs, targets,
+def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, compress, prune_ratios,
+                 max_accuracy_drop, objective, max_size, size_metric, max_peak_memory, budget, time_budget, out, storage, workers, runs, targets,
                  threads, xnnpack, ort_opt_levels, input_shapes, seed, remeasure, resume, worker, inventory,
                  ssh_config, known_hosts, trust_new_host, connect_timeout, as_json):
     """Search recipes of MODEL by measuring them on --device; choose the best one within the
@@ -145,6 +152,9 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, prune_r
     if objective not in optimizer.OBJECTIVES:
         raise InputError(f"--objective must be one of {', '.join(optimizer.OBJECTIVES)}, got "
                          f"{objective!r}")
+    if size_metric not in optimizer.SIZE_METRICS:
+        raise InputError(f"--size-metric must be one of {', '.join(optimizer.SIZE_METRICS)}, "
+                         f"got {size_metric!r}")
     if calibration is None:
         raise InputError("--calibration is required: the int8 recipes are calibrated on it")
     constraints = optimizer.Constraints(max_accuracy_drop, parse_size(max_size, "--max-size"),
@@ -168,7 +178,8 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, prune_r
             out=out or Path(f"opt-{stem}"), storage=storage, workers=workers, runs=runs,
             space=space, connect=connect, inventory=inventory_path(inventory),
             options=ConvertOptions(input_shapes=parse_input_shapes(input_shapes)), seed=seed,
-            remeasure=remeasure, progress=lambda m: _progress(status, m))
+            remeasure=remeasure, compress=compress, size_metric=size_metric,
+            progress=lambda m: _progress(status, m))
     _show(study, as_json)
 
 
@@ -195,9 +206,10 @@ def print_study(study) -> None:
     """The measured recipes (fastest first) with their marks, then the explanation."""
     s = study.settings
     table = Table(title=f"{Path(s.model).name} on {s.device}: {len(study.trials)} trials, "
-                        f"objective {s.objective}")
-    for col in ("recipe", "marks", "trials", "p50 ms", "side by side ms", "size KiB", "peak MiB",
-                "top-1 %", "drop pts", "constraints"):
+                        f"objective {s.objective}"
+                        + ("" if s.size_metric == "bytes" else f" ({s.size_metric} size)"))
+    for col in ("recipe", "marks", "trials", "p50 ms", "side by side ms", "size KiB", "gzip KiB",
+                "peak MiB", "top-1 %", "drop pts", "constraints"):
         table.add_column(col, justify="left" if col in ("recipe", "marks", "constraints")
                          else "right", overflow="fold")
     for r in sorted(study.candidates, key=lambda r: r.p50_ms):
@@ -206,6 +218,7 @@ def print_study(study) -> None:
         table.add_row(r.name, ", ".join(marks), str(len(r.trials)), f"{r.p50_ms:.4g}",
                       "" if r.side_by_side_ms is None else f"{r.side_by_side_ms:.4g}",
                       f"{r.bytes / 1024:.1f}",
+                      "" if r.gzip_bytes is None else f"{r.gzip_bytes / 1024:.1f}",
                       "" if r.peak_rss_bytes is None else f"{r.peak_rss_bytes / (1 << 20):.1f}",
                       "" if r.accuracy is None else f"{100 * r.accuracy:.2f}",
                       "" if r.accuracy_drop is None else f"{r.accuracy_drop:.2f}",

@@ -1,0 +1,211 @@
+"""A recipe's ``compress`` step: magnitude sparsity and/or weight clustering of a Keras source,
+fine-tuned on the training data, before it is converted.
+
+``Recipe.compress`` is a plain dict, ``{"sparsity": 0.8 or None, "clusters": 16 or None,
+"epochs", "learning_rate", "seed", "train": {path, sha256}}``. Sparsity is gradual magnitude
+sparsity (``converters.sparsity``, polynomial schedule over the fine-tune, the first conv and
+depthwise kernels left dense: ``keep_sensitive``); clusters then share ``clusters`` values per
+layer over the weights that survived (``converters.clustering``, BatchNorm folded first, zeros
+kept exactly zero when sparsity was applied), the centroids fine-tuned on the same data. Both
+use ``epochs`` and ``learning_rate``; 0 epochs is one-shot pruning and plain k-means.
+
+Dense files keep their size; what shrinks is the compressed file an app store or OTA update
+ships (gzip/zstd: ``converters.sparsity.file_sizes``), which ``optimize --size-metric`` measures.
+The compressed model is written with its ``<model>.compression.json`` record, so ``convert``
+copies the technique and its parameters into the manifest's ``source.compression``.
+
+Seeded, with TensorFlow's deterministic ops and Keras' name counters reset, the same source and
+data give the same weights, so a recipe with ``compress`` replays to the same artifact bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from edgekit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: The keys of ``Recipe.compress`` (``train`` is the FileRef of the fine-tuning data).
+KEYS = ("sparsity", "clusters", "epochs", "learning_rate", "seed", "train")
+MAX_CLUSTERS = 256  # int8 holds 256 values (``ClusterSpec``)
+
+
+def check_compress(doc, where: str = "recipe") -> dict:
+    """``doc`` if it is a valid ``compress`` dict, with messages that say what is wrong.
+
+    Raises:
+        InputError: not a dict, an unknown key, a value out of range, or neither sparsity nor
+            clusters.
+    """
+    if not isinstance(doc, dict):
+        raise InputError(f"{where} compress must be an object like {{\"sparsity\": 0.8, "
+                         f"\"clusters\": 16, \"epochs\": 1, \"learning_rate\": 0.0003, "
+                         f"\"seed\": 0}}, got {doc!r}")
+    unknown = sorted(set(doc) - set(KEYS))
+    if unknown:
+        raise InputError(f"{where} compress has unknown key(s) {unknown}; known: {list(KEYS)}")
+    s, k = doc.get("sparsity"), doc.get("clusters")
+    if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))
+                          or not 0 < s < 1):
+        raise InputError(f"{where} compress sparsity must be a fraction in (0, 1) or null, "
+                         f"got {s!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)
+                          or not 2 <= k <= MAX_CLUSTERS):
+        raise InputError(f"{where} compress clusters must be an integer in 2..{MAX_CLUSTERS} "
+                         f"or null, got {k!r}")
+    if s is None and k is None:
+        raise InputError(f"{where} compress sets neither sparsity nor clusters: give one or "
+                         "both (or leave compress out)")
+    e, lr, seed = doc.get("epochs", 1), doc.get("learning_rate", 3e-4), doc.get("seed", 0)
+    if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+        raise InputError(f"{where} compress epochs must be an integer >= 0, got {e!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise InputError(f"{where} compress learning_rate must be > 0, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"{where} compress seed must be an integer, got {seed!r}")
+    return doc
+
+
+def technique(compress: dict) -> str:
+    """``magnitude``, ``clustering`` or ``magnitude+clustering`` (the compression record's)."""
+    return "+".join(t for t, on in (("magnitude", compress.get("sparsity")),
+                                    ("clustering", compress.get("clusters"))) if on)
+
+
+def setting_name(sparsity, clusters) -> str:
+    """E.g. ``sparse80-k16``, ``sparse50``, ``k32`` (0 or None: that step is not applied)."""
+    return "-".join(p for p, on in ((f"sparse{round(100 * (sparsity or 0))}", sparsity),
+                                    (f"k{int(clusters or 0)}", clusters)) if on)
+
+
+def compress_name(compress: dict) -> str:
+    """The recipe-name part, e.g. ``sparse80-k16-e1-lr0.0003``."""
+    return (f"{setting_name(compress.get('sparsity'), compress.get('clusters'))}"
+            f"-e{int(compress.get('epochs', 1))}"
+            f"-lr{float(compress.get('learning_rate', 3e-4)):g}")
+
+
+def compress_source(model, compress: dict, train, path) -> Path:
+    """Write ``model`` compressed as ``compress`` says to ``path`` (``.keras``), with its
+    ``.compression.json`` record beside it.
+
+    Args:
+        model: a ``.keras``/``.h5`` path (the source, or the pruned/student model).
+        compress: ``Recipe.compress``.
+        train: training data for the fine-tune (needed when ``epochs`` > 0).
+        path: where the compressed model goes.
+
+    Raises:
+        InputError: no training data for a fine-tune, bad values, a model with nothing to
+            sparsify or cluster.
+    """
+    import keras
+    import tensorflow as tf
+
+    from converters.clustering import ClusterSpec, cluster_copy
+    from converters.sparsity import SparsitySpec, file_sizes, sparsify
+    from converters.train_loop import LoopSpec
+    from edgekit.compression_record import write_record
+    from edgekit.train_api import _copy, _save, load_keras_model, load_training_data
+
+    check_compress(compress)
+    epochs = int(compress.get("epochs", 1))
+    lr = float(compress.get("learning_rate", 3e-4))
+    seed = int(compress.get("seed", 0))
+    if train is None and epochs:
+        raise InputError("this recipe compresses the model and fine-tunes it: pass the training "
+                         "data (--train)" + (f", e.g. {compress['train']['path']}"
+                                             if (compress.get("train") or {}).get("path")
+                                             else ""))
+    # Layers built here without a name take one from a per-process counter, and names reach
+    # the artifact's tensor names: reset it, so a model compressed after others has the same
+    # bytes.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    source = load_keras_model(model)
+    data = load_training_data(train, source) if epochs else None
+    record = {"technique": technique(compress), "epochs": epochs,
+              "learning_rate": lr if epochs else None, "seed": seed}
+    net = source
+    sparsity = compress.get("sparsity")
+    if sparsity:
+        spec = SparsitySpec(sparsity=float(sparsity), keep_sensitive=True)
+        net = _copy(source)
+        rep = sparsify(net, spec, data=data, epochs=epochs, learning_rate=lr)
+        record.update({**spec.to_dict(), "kept_dense": rep["kept_dense"],
+                       "sparsity_measured": rep["sparsity"],
+                       "sparsity_all_kernels": rep["sparsity_all_kernels"]})
+    clusters = compress.get("clusters")
+    if clusters:
+        spec = ClusterSpec(clusters=int(clusters), preserve_sparsity=bool(sparsity), seed=seed)
+        loop = LoopSpec(epochs=epochs, learning_rate=lr, seed=seed) if epochs else None
+        net, rep = cluster_copy(net, spec, data=data, loop_spec=loop)
+        params = spec.to_dict()
+        params.pop("only_layers", None)
+        record.update({**params, "layers": rep["layers"], "skipped": rep["skipped"],
+                       "batchnorm_folded": rep["batchnorm_folded"]})
+    path = Path(path)
+    _save(net, path)
+    record["sizes"] = file_sizes(path)
+    write_record(path, record)
+    return path
+
+
+def estimate(model, train, compress_settings: list, batch_size: int = 32) -> dict:
+    """Seconds of fine-tuning the compressed recipes will cost here: epochs × steps per epoch ×
+    phases (sparsity, clustering) × a measured step time (a few real training steps of the
+    source on the training data; the first, which traces the graph, not counted).
+
+    Args:
+        compress_settings: ``[(sparsity or 0, clusters or 0)]``, the combinations searched.
+
+    Returns:
+        ``{"step_s", "steps_per_epoch", "settings": {name: {"phases", "seconds_per_epoch"}},
+        "seconds_per_epoch"}`` (the last: every setting tried once, per epoch of fine-tune).
+    """
+    import keras
+
+    from converters.distill import output_kind, task_loss
+    from edgekit.train_api import _copy, load_keras_model, load_training_data
+
+    source = load_keras_model(model)
+    x, y = load_training_data(train, source)
+    steps = max(1, math.ceil(len(x) / batch_size))
+    probe_n = min(len(x), 5 * batch_size)
+
+    class _Clock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times, self._t = [], 0.0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter() - self._t)
+
+    net = _copy(source)
+    net.compile(optimizer=keras.optimizers.Adam(1e-4), loss=task_loss(output_kind(net, x)))
+    clock = _Clock()
+    net.fit(x[:probe_n], y[:probe_n], epochs=1, batch_size=batch_size, verbose=0,
+            callbacks=[clock])
+    timed = clock.times[1:] or clock.times
+    step = sum(timed) / len(timed)
+    out = {}
+    for s, k in compress_settings:
+        if not s and not k:
+            continue
+        phases = bool(s) + bool(k)
+        out[setting_name(s, k)] = {"phases": phases,
+                                   "seconds_per_epoch": phases * steps * step}
+    return {"step_s": step, "steps_per_epoch": steps, "settings": out,
+            "seconds_per_epoch": sum(v["seconds_per_epoch"] for v in out.values())}
+
+
+__all__ = ["KEYS", "check_compress", "compress_name", "compress_source", "estimate",
+           "setting_name", "technique"]
