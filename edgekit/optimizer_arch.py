@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -501,9 +500,9 @@ def estimate(model, train, students, epochs: int, batch_size: int = 32) -> dict:
     Returns:
         {"students": {name: {"step_s", "steps_per_epoch", "seconds"}}, "seconds": total}.
     """
-    import keras
 
     from converters.distill import DistillSpec, FitSpec, fit
+    from converters.train_loop import step_clock
     from edgekit.train_api import load_keras_model, load_training_data
 
     teacher = load_keras_model(model)
@@ -513,24 +512,12 @@ def estimate(model, train, students, epochs: int, batch_size: int = 32) -> dict:
     probe_n = min(len(x), 4 * batch_size)
     out = {}
 
-    class _Clock(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times, self._t = [], 0.0
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.times.append(time.perf_counter() - self._t)
-
     for name in students:
-        clock = _Clock()
+        clock = step_clock()
         fit(build_student(fam, parse_student(name)), x[:probe_n], y[:probe_n],
             FitSpec(epochs=1, batch_size=batch_size), teacher=teacher,
             distill_spec=DistillSpec(), callbacks=[clock])
-        timed = clock.times[1:] or clock.times
-        step = sum(timed) / len(timed)
+        step = clock.step_s()
         out[name] = {"step_s": step, "steps_per_epoch": steps, "seconds": epochs * steps * step}
     return {"students": out, "seconds": sum(v["seconds"] for v in out.values())}
 

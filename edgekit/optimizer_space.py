@@ -87,11 +87,13 @@ class SearchSpace:
         finetune_stop_margin: a fine-tune whose eval accuracy after an epoch is more than the
             accuracy budget plus this many points below the source is stopped, its trial
             pruned (``optimizer_pruner``); None: fine-tunes always run to the end.
-        arch_scaling: also try smaller students of a ``keras.applications`` MobileNetV2 source,
-            distilled from it on the training data (``optimizer_arch``); off by default: it
+        arch_scaling: also try smaller students of a ``keras.applications`` MobileNetV2/V3 or
+            EfficientNet(V2) source, or of a model with one as its backbone, distilled from it
+            on the training data (``optimizer_arch``); off by default: it
             costs training time, estimated and printed before the search starts.
-        arch_alphas / arch_resolution_scales: the students' width multipliers and input
-            resolutions (fractions of the source's), those not larger than the source's.
+        arch_alphas / arch_resolution_scales: the students' width multipliers (MobileNets;
+            EfficientNets step down B-variants instead) and input resolutions (fractions of the
+            source's), those not larger than the source's.
         arch_epochs: distillation epochs per student.
         arch_students: the student names found for the source (set by ``optimize``).
         compress: also try magnitude sparsity and/or weight clustering of the source,

@@ -118,8 +118,9 @@ class Recipe:
         ort_opt_level: ONNX Runtime's graph optimization level to run it with (one of
             ``edgekit.devices.device.ORT_OPT_LEVELS``). A runtime setting.
         student: a smaller model trained by distillation from the source, converted instead of
-            it (``optimizer_arch``): {family, alpha, resolution, epochs, learning_rate,
-            temperature, kd_alpha, seed, train: {path, sha256}}; None: the source itself.
+            it (``optimizer_arch``): {family, variant / minimalistic where the family has them,
+            alpha, resolution, epochs, learning_rate, temperature, kd_alpha, seed, train:
+            {path, sha256}}; None: the source itself.
         compress: magnitude sparsity and/or weight clustering of the source (after ``prune``
             or the student), fine-tuned (``edgekit.recipe_compress``): {sparsity, clusters,
             epochs, learning_rate, seed, train: {path, sha256}}; None: not compressed. Written

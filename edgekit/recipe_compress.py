@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 from edgekit.errors import InputError
@@ -171,6 +170,7 @@ def estimate(model, train, compress_settings: list, batch_size: int = 32) -> dic
     import keras
 
     from converters.distill import output_kind, task_loss
+    from converters.train_loop import step_clock
     from edgekit.train_api import _copy, load_keras_model, load_training_data
 
     source = load_keras_model(model)
@@ -178,24 +178,12 @@ def estimate(model, train, compress_settings: list, batch_size: int = 32) -> dic
     steps = max(1, math.ceil(len(x) / batch_size))
     probe_n = min(len(x), 5 * batch_size)
 
-    class _Clock(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times, self._t = [], 0.0
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.times.append(time.perf_counter() - self._t)
-
     net = _copy(source)
     net.compile(optimizer=keras.optimizers.Adam(1e-4), loss=task_loss(output_kind(net, x)))
-    clock = _Clock()
+    clock = step_clock()
     net.fit(x[:probe_n], y[:probe_n], epochs=1, batch_size=batch_size, verbose=0,
             callbacks=[clock])
-    timed = clock.times[1:] or clock.times
-    step = sum(timed) / len(timed)
+    step = clock.step_s()
     out = {}
     for s, k in compress_settings:
         if not s and not k:
