@@ -37,8 +37,9 @@ from edgekit.errors import DeviceError, InputError, ModelLoadError
 from edgekit.optimizer_settings import (  # noqa: F401  (re-exported: the API of this module)
     BEST_RECIPE, FAILED_VALUE, GRACE_S, HEARTBEAT_S, OBJECTIVES, OPEN_GATE, REPORT, RESULTS_DB,
     SIZE_METRICS, STUDY_FILE, STUDY_SCHEMA, STUDY_VERSION, VALUES, Constraints, DevicePaused,
-    Settings, read_settings,
+    Settings, open_storage, read_settings,
 )
+from edgekit.optimizer_prepare import arch_students, compress_estimate
 from edgekit.optimizer_space import (BuildCache, SearchSpace, TrialFailed, fault_for,
                                      recipe_from_params)
 
@@ -145,9 +146,9 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
     resolved = space.resolve(fmt, cores)
     out.mkdir(parents=True, exist_ok=True)
     if resolved.arch_scaling:
-        resolved = _arch_students(source, fmt, resolved, train, out, progress)
+        resolved = arch_students(source, fmt, resolved, train, out, progress)
     if resolved.compress:
-        _compress_estimate(source, resolved, train, out, progress)
+        compress_estimate(source, resolved, train, out, progress)
     sha = sha256_tree(source)
     settings = Settings(
         model=str(source.resolve()), model_sha256=sha, device=device_name,
@@ -253,63 +254,6 @@ def _side_by_side(settings: Settings, out: Path, connect, tell):
     return run
 
 
-def _arch_students(source: Path, fmt: str, space: SearchSpace, train, out: Path,
-                   progress) -> SearchSpace:
-    """The space with the students of ``source``; their training cost is estimated and told
-    (``progress`` lines starting "estimate:", ``arch_estimate.json``) before anything runs."""
-    from dataclasses import replace as _replace
-
-    from edgekit import optimizer_arch as arch
-    from edgekit.fsutil import write_json_atomic
-    from edgekit.train_api import load_keras_model
-
-    if fmt not in ("keras", "h5"):
-        raise InputError(f"architecture scaling rebuilds keras.applications models (.keras/.h5), "
-                         f"not {fmt}")
-    fam = arch.recognise(load_keras_model(source), source)
-    students = arch.candidates(fam, space.arch_alphas, space.arch_resolution_scales)
-    if not students:
-        raise InputError(f"no student smaller than {source.name} ({fam.describe()}) among "
-                         f"alphas {list(space.arch_alphas)} and resolution scales "
-                         f"{list(space.arch_resolution_scales)}")
-    est = arch.estimate(source, train, students, space.arch_epochs)
-    write_json_atomic(out / "arch_estimate.json", est)
-    tell = progress or (lambda msg: None)
-    for name, e in est["students"].items():
-        msg = (f"estimate: student {name}: {space.arch_epochs} epoch(s) x "
-               f"{e['steps_per_epoch']} steps x {1000 * e['step_s']:.0f} ms/step measured = "
-               f"{e['seconds']:.0f} s of distillation")
-        log.info(msg)
-        tell(msg)
-    tell(f"estimate: architecture scaling, {len(students)} student(s) of {fam.describe()}: "
-         f"about {est['seconds']:.0f} s of training if each is tried once")
-    return _replace(space, arch_students=students)
-
-
-def _compress_estimate(source: Path, space: SearchSpace, train, out: Path, progress) -> None:
-    """Tell the compression fine-tunes' cost before anything runs (``progress`` lines starting
-    "estimate:", ``compress_estimate.json``)."""
-    from edgekit.fsutil import write_json_atomic
-    from edgekit.recipe_compress import estimate
-
-    settings = [(s, k) for s in space.compress_sparsities for k in space.compress_clusters]
-    est = estimate(source, train, settings)
-    est["epochs"] = list(space.compress_epochs)
-    write_json_atomic(out / "compress_estimate.json", est)
-    tell = progress or (lambda msg: None)
-    lo, hi = min(space.compress_epochs), max(space.compress_epochs)
-    for name, e in est["settings"].items():
-        msg = (f"estimate: compress {name}: {e['phases']} fine-tune(s) x {lo}-{hi} epoch(s) x "
-               f"{est['steps_per_epoch']} steps x {1000 * est['step_s']:.0f} ms/step measured "
-               f"= {lo * e['seconds_per_epoch']:.0f}-{hi * e['seconds_per_epoch']:.0f} s")
-        log.info(msg)
-        tell(msg)
-    tell(f"estimate: compression, {len(est['settings'])} setting(s): about "
-         f"{lo * est['seconds_per_epoch']:.0f}-{hi * est['seconds_per_epoch']:.0f} s of "
-         "fine-tuning if each is tried once (the clustering loop's steps cost more than the "
-         "plain step measured)")
-
-
 def _spec_dict(spec) -> dict:
     d = asdict(spec)
     d.pop("extra", None)
@@ -339,40 +283,6 @@ def _probe(device, connect, inventory) -> dict:
         return dev.probe()
 
 
-def _storage(url: str):
-    import warnings
-
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    kwargs = {}
-    if url.startswith("sqlite"):
-        # Several worker processes write one SQLite file: wait for the lock, do not fail.
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                  max_retry=1), **kwargs)
-    except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
-        raise InputError(f"cannot open study storage {_redact(url)}: "
-                         f"{str(e).splitlines()[0]}") from e
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises its own hierarchy for bad URLs
-        if type(e).__module__.startswith("sqlalchemy"):
-            raise InputError(f"cannot open study storage {_redact(url)}: "
-                             f"{str(e).splitlines()[0]}") from e
-        raise
-
-
-def _redact(url: str) -> str:
-    head, sep, tail = url.partition("@")
-    if not sep or "://" not in head:
-        return url
-    scheme, _, cred = head.partition("://")
-    return f"{scheme}://{cred.split(':')[0]}:***@{tail}" if ":" in cred else url
-
-
 def _load_study(settings: Settings, create: bool):
     import optuna
 
@@ -381,7 +291,7 @@ def _load_study(settings: Settings, create: bool):
     sampler = optuna.samplers.TPESampler(
         seed=settings.seed + int(os.environ.get("EDGEKIT_OPTIMIZE_WORKER", "0")),
         n_startup_trials=max(4, len(settings.space.seeds()) + 2), multivariate=True)
-    storage = _storage(settings.storage)
+    storage = open_storage(settings.storage)
     if create:
         return optuna.create_study(storage=storage, study_name=settings.study_name,
                                    directions=["minimize"] * len(VALUES), sampler=sampler,
@@ -542,7 +452,7 @@ class _Runner:
 
         with np.load(self.s.eval, allow_pickle=False) as d:
             x, y = d["x"], d["y"]
-        return FinetuneMonitor(_storage(self.s.storage), self.s.study_name, trial.number, x, y,
+        return FinetuneMonitor(open_storage(self.s.storage), self.s.study_name, trial.number, x, y,
                                self._original_accuracy(trial.study),
                                self.s.constraints.max_accuracy_drop + margin)
 

@@ -1,6 +1,6 @@
-"""The settings of an ``optimize`` study: constraints on measured values, and everything
+"""The settings of an ``optimize`` study: constraints on measured values, everything
 ``study.json`` holds so that ``optimize --resume DIR`` (and a worker on another machine) needs
-nothing else."""
+nothing else, and the storage its URL names."""
 
 from __future__ import annotations
 
@@ -179,3 +179,40 @@ def read_settings(out) -> Settings:
         raise InputError(f"{path} is not a version-{STUDY_VERSION} edgekit study "
                          f"({doc.get('schema')!r} v{doc.get('schema_version')!r})")
     return Settings.from_dict(doc)
+
+
+def open_storage(url: str):
+    """The Optuna RDB storage at ``url`` (heartbeats on, SQLite waiting for its lock); a bad URL
+    or a server that refuses is an InputError naming the URL with its password hidden."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    kwargs = {}
+    if url.startswith("sqlite"):
+        # Several worker processes write one SQLite file: wait for the lock, do not fail.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    try:
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                  max_retry=1), **kwargs)
+    except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
+        raise InputError(f"cannot open study storage {redact_url(url)}: "
+                         f"{str(e).splitlines()[0]}") from e
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises its own hierarchy for bad URLs
+        if type(e).__module__.startswith("sqlalchemy"):
+            raise InputError(f"cannot open study storage {redact_url(url)}: "
+                             f"{str(e).splitlines()[0]}") from e
+        raise
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of ``scheme://user:password@host`` replaced by ***."""
+    head, sep, tail = url.partition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, cred = head.partition("://")
+    return f"{scheme}://{cred.split(':')[0]}:***@{tail}" if ":" in cred else url
