@@ -470,7 +470,8 @@ def train_student(model, student: dict, train, path) -> Path:
     import keras
     import tensorflow as tf
 
-    from edgekit.train_api import distill, load_keras_model
+    from converters.distill import recalibrate_batchnorm
+    from edgekit.train_api import _save, distill, load_keras_model, load_training_data
 
     if train is None:
         raise InputError("this recipe trains a smaller student by distillation: pass the "
@@ -488,7 +489,11 @@ def train_student(model, student: dict, train, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     distill(net, teacher, train, temperature=float(student.get("temperature", 4.0)),
             alpha=float(student.get("kd_alpha", 0.7)), epochs=int(student.get("epochs", 1)),
-            learning_rate=float(student.get("learning_rate", 1e-3)), out=path)
+            learning_rate=float(student.get("learning_rate", 1e-3)))
+    # A student trained from scratch for a few epochs keeps near-initial BN moving statistics
+    # (keras.applications' momentum is 0.999): estimate them from the training data.
+    recalibrate_batchnorm(net, load_training_data(train, net)[0])
+    _save(net, path)
     return path
 
 

@@ -99,3 +99,34 @@ def test_profile_counts_params_and_macs():
     assert macs["d"] == 4 * 5
     assert prof.params == model.count_params() and prof.flops == 2 * prof.macs
     assert prof.to_dict()["layers"][0]["flops"] == 2 * macs["c"]
+
+
+def test_batchnorm_recalibration_reaches_nested_layers_and_fixes_inference():
+    """A BN with keras.applications' momentum (0.999) trained for a few steps keeps its
+    initial moving statistics; recalibration sets them from the data, in a nested model too."""
+    import keras
+
+    from converters.distill import recalibrate_batchnorm
+
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(6, use_bias=False),
+                              keras.layers.BatchNormalization(momentum=0.999)], name="backbone")
+    inp = keras.Input((6,))
+    model = keras.Model(inp, keras.layers.Dense(3)(inner(inp)))
+    rng = np.random.default_rng(0)
+    x = (3.0 + 2.0 * rng.normal(size=(512, 6))).astype("float32")
+    y = (x[:, 0] > 3).astype("int64") + (x[:, 1] > 3).astype("int64")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)  # 8 steps: moving stats barely move
+    bn = inner.layers[-1]
+    h = inner.layers[0](x).numpy()
+    assert not np.allclose(bn.moving_mean.numpy(), h.mean(axis=0), atol=0.1)
+    train_mode = model(x, training=True).numpy()
+    assert not np.allclose(model(x, training=False).numpy(), train_mode, atol=0.1)
+    assert recalibrate_batchnorm(model, x, batch_size=64) == 1
+    assert np.allclose(bn.moving_mean.numpy(), h.mean(axis=0), atol=1e-3)
+    assert np.allclose(bn.moving_variance.numpy(), h.var(axis=0), rtol=0.05)
+    assert bn.momentum == 0.999  # restored
+    assert np.allclose(model(x, training=False).numpy(), train_mode, atol=0.05)
+    assert recalibrate_batchnorm(keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)]),
+                                 x) == 0
