@@ -40,6 +40,7 @@ from edgekit.optimizer_settings import (  # noqa: F401  (re-exported: the API of
     Settings, open_storage, read_settings,
 )
 from edgekit.optimizer_prepare import arch_students, compress_estimate
+from edgekit.recipe import TRAINING_STEPS
 from edgekit.optimizer_space import (BuildCache, SearchSpace, TrialFailed, fault_for,
                                      recipe_from_params)
 
@@ -239,12 +240,6 @@ def _side_by_side(settings: Settings, out: Path, connect, tell):
     from edgekit.optimizer_finalists import remeasure
 
     def run(candidates, search_pick):
-        if settings.size_key != "bytes":
-            # The finalists rank (size objective) and record a recipe's size as ``bytes``:
-            # give them the study's measured size (gzip/zstd), what the search chose on.
-            from dataclasses import replace as _replace
-
-            candidates = [_replace(c, bytes=c.size(settings.size_key)) for c in candidates]
         spec = settings.spec()
         with _device_lock(out, spec.name):
             return remeasure(candidates, settings, spec=spec,
@@ -498,7 +493,7 @@ class _Runner:
         m["p50_ms"], m["p90_ms"] = lat.get("p50"), lat.get("p90")
         m["peak_rss_bytes"] = (metrics.get("memory") or {}).get("peak_rss_bytes")
         top1 = (metrics.get("accuracy") or {}).get("top1")
-        if (recipe.prune or recipe.student or recipe.compress) and self.labelled:
+        if recipe.trains and self.labelled:
             # the conversion compared with the new model: the drop is against the original
             m["source_accuracy"] = self._original_accuracy(trial.study)
         m["accuracy"] = float(top1) if top1 is not None else m["host_accuracy"]
@@ -517,8 +512,8 @@ class _Runner:
         """The unpruned source's top-1 on the eval data, from a trial that converted it."""
         for t in study.get_trials(deepcopy=False):
             recipe = t.user_attrs.get("recipe") or {}
-            if t.user_attrs.get("source_accuracy") is not None and not recipe.get("prune") \
-                    and not recipe.get("compress"):
+            if t.user_attrs.get("source_accuracy") is not None \
+                    and not any(recipe.get(k) for k in TRAINING_STEPS):
                 return t.user_attrs["source_accuracy"]
         from converters.sources import load_source
         import numpy as np

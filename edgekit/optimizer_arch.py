@@ -485,16 +485,14 @@ def train_student(model, student: dict, train, path) -> Path:
     keras.utils.set_random_seed(int(student.get("seed", 0)))
     tf.config.experimental.enable_op_determinism()
     net = build_student(fam, student)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    distill(net, teacher, train, temperature=float(student.get("temperature", 4.0)),
+    x, y = load_training_data(train, net)
+    distill(net, teacher, (x, y), temperature=float(student.get("temperature", 4.0)),
             alpha=float(student.get("kd_alpha", 0.7)), epochs=int(student.get("epochs", 1)),
             learning_rate=float(student.get("learning_rate", 1e-3)))
     # A student trained from scratch for a few epochs keeps near-initial BN moving statistics
     # (keras.applications' momentum is 0.999): estimate them from the training data.
-    recalibrate_batchnorm(net, load_training_data(train, net)[0])
-    _save(net, path)
-    return path
+    recalibrate_batchnorm(net, x)
+    return _save(net, path)
 
 
 def estimate(model, train, students, epochs: int, batch_size: int = 32) -> dict:

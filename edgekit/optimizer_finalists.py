@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from edgekit.advice_text import _ms, _x  # the advice's number formats
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class Finalist:
     """One recipe measured side by side.
 
     Attributes:
-        name / role / sha256 / bytes: the recipe (role "baseline" for an fp32 baseline).
+        name / role / sha256 / bytes: the recipe (role "baseline" for an fp32 baseline) and
+            its size by the study's size metric (the file's bytes, or gzip/zstd bytes).
         feasible: met the constraints in its trials (a baseline that did not is measured as
             the reference of "never slower than fp32" only).
         search_p50_ms: its p50 from the trials (mean over repeats).
@@ -121,12 +123,14 @@ class SideBySide:
                    list(doc.get("lines") or []))
 
 
-def pick(candidates, objective: str, limit: int = MAX_FINALISTS) -> list:
-    """The rows to re-measure: the first ``limit`` feasible candidates by the objective, then
-    every fp32 baseline that ran (feasible or not: it is the reference)."""
+def pick(candidates, objective: str, limit: int = MAX_FINALISTS,
+         size_key: str = "bytes") -> list:
+    """The rows to re-measure: the first ``limit`` feasible candidates by the objective (size
+    by the study's ``size_key``), then every fp32 baseline that ran (feasible or not: it is
+    the reference)."""
     feasible = [c for c in candidates if c.feasible and c.p50_ms is not None]
-    key = (lambda c: (c.bytes, c.p50_ms)) if objective == "size" else \
-        (lambda c: (c.p50_ms, c.bytes))
+    key = (lambda c: (c.size(size_key), c.p50_ms)) if objective == "size" else \
+        (lambda c: (c.p50_ms, c.size(size_key)))
     out = sorted(feasible, key=key)[:max(0, limit)]
     out += [c for c in candidates if c.role == _BASELINE and c.p50_ms is not None
             and all(c is not o for o in out)]
@@ -152,8 +156,9 @@ def remeasure(candidates, settings, *, spec, connect=None, out: Path | None = No
         SideBySide. A finalist whose re-measure fails is dropped with its cause, never raised.
     """
     tell = tell or (lambda msg: None)
-    rows = pick(candidates, settings.objective, limit)
-    finalists = [Finalist(r.name, r.role, r.sha256, r.bytes, r.feasible, r.p50_ms) for r in rows]
+    rows = pick(candidates, settings.objective, limit, settings.size_key)
+    finalists = [Finalist(r.name, r.role, r.sha256, r.size(settings.size_key), r.feasible,
+                          r.p50_ms) for r in rows]
     arts = {}
     for row, f in zip(rows, finalists):
         try:
@@ -319,14 +324,6 @@ def decide(finalists: list[Finalist], objective: str, *, rounds: int, runs: int,
                      f"side numbers chose {chosen.name} ({_ms(chosen.p50_ms)} side by side, "
                      f"{_ms(chosen.search_p50_ms)} in its trials).")
     return side
-
-
-def _ms(v) -> str:
-    return "?" if v is None else f"{v:.3g} ms"
-
-
-def _x(ratio) -> str:
-    return f"{ratio:.2f}x"
 
 
 def write(out: Path, side: SideBySide) -> Path:

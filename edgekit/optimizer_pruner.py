@@ -78,8 +78,9 @@ class FinetuneMonitor:
         """
         import optuna
 
-        pred = np.asarray(student.predict(self.x, batch_size=256, verbose=0))
-        acc = float(np.mean(pred.reshape(len(pred), -1).argmax(1) == self.y[:len(pred)]))
+        from converters.distill import accuracy
+
+        acc = accuracy(student, self.x, self.y)
         drop = 100.0 * (self.source_accuracy - acc)
         self.drops.append(drop)
         self.trial.report(drop, epoch)

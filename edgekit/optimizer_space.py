@@ -446,7 +446,8 @@ class BuildCache:
         """The recipe's Artifact, built now or taken from the cache.
 
         Args:
-            callbacks: for a recipe that fine-tunes: ``prune_source``'s callbacks.
+            callbacks: for a recipe that fine-tunes: ``prune_source``'s callbacks (passed on by
+                ``recipe.trained_source``, the steps ``convert --recipe`` replays).
 
         Raises:
             TrialFailed: the build failed or missed the gate (now or when first built).
@@ -457,6 +458,7 @@ class BuildCache:
 
         from edgekit.api import convert
         from edgekit.artifact import MANIFEST_NAME, read_manifest
+        from edgekit.recipe import CompressRefused, trained_source
 
         final = self.path_for(recipe)
         if (final / "failed.json").is_file():
@@ -477,26 +479,10 @@ class BuildCache:
                 raise ConversionError(f"fault injected by {FAULT_ENV}="
                                       f"{os.environ.get(FAULT_ENV)!r}: build of {recipe.name} "
                                       "refused on purpose")
-            source = model
-            if recipe.prune:
-                from edgekit.recipe import prune_source
-
-                stem = Path(model).stem if Path(model).is_file() else Path(model).name
-                source = prune_source(model, recipe.prune, self.train,
-                                      tmp / "pruned" / f"{stem}.keras", callbacks)
-            if recipe.student:
-                from edgekit.optimizer_arch import train_student
-
-                source = train_student(model, recipe.student, self.train,
-                                       tmp / "student" / "student.keras")
-            if recipe.compress:
-                from edgekit.recipe import compress_step
-
-                try:
-                    source = compress_step(recipe.compress, source, self.train,
-                                           tmp / "compressed")
-                except InputError as e:  # e.g. nothing to cluster: this recipe fails, the
-                    raise TrialFailed("compress", str(e)) from e  # search goes on
+            try:
+                source = trained_source(recipe, model, self.train, tmp, callbacks=callbacks)
+            except CompressRefused as e:  # e.g. nothing to cluster: this recipe fails, the
+                raise TrialFailed("compress", str(e)) from e  # search goes on
             convert(source, [recipe.target], calibration=calibration, eval=eval, out=tmp,
                     options=recipe.options(base))
         except (ConversionError, TrialFailed) as e:

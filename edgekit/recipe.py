@@ -30,6 +30,7 @@ RECIPE_SCHEMA = "edgekit.recipe"
 RECIPE_VERSION = 1
 RECIPE_SUFFIX = ".recipe.json"
 _TUPLE_FIELDS = ("float_nodes",)  # tuples in ConvertOptions, lists in JSON
+TRAINING_STEPS = ("prune", "student", "compress")  # recipe fields that train a new model
 _ENUM_FIELDS = {"calibration_method": CalibrationMethod, "onnx_quant_format": OnnxQuantFormat}
 
 
@@ -152,6 +153,11 @@ class Recipe:
     student: dict | None = None
     compress: dict | None = None
 
+    @property
+    def trains(self) -> bool:
+        """Converts a model it trains first (``TRAINING_STEPS``), not the source as it is."""
+        return any(getattr(self, k) for k in TRAINING_STEPS)
+
     def options(self, base: ConvertOptions | None = None) -> ConvertOptions:
         """The typed ``ConvertOptions`` this recipe builds with."""
         return options_from_json(self.convert_options, base)
@@ -164,12 +170,7 @@ class Recipe:
 
         doc = {"source": source_sha256, "calibration": calibration_sha256,
                "target": self.target, "options": self.convert_options, "edgekit": __version__}
-        if self.prune:
-            doc["prune"] = self.prune
-        if self.student:
-            doc["student"] = self.student
-        if self.compress:
-            doc["compress"] = self.compress
+        doc.update({k: getattr(self, k) for k in TRAINING_STEPS if getattr(self, k)})
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -341,10 +342,8 @@ def prune_source(model, prune: dict, train, path, callbacks=None) -> Path:
 def _prune_and_finetune(model, prune: dict, train, path: Path, callbacks) -> Path:
     """``train_api.prune``'s steps in its order (load, data, plan + apply, fit), with callbacks
     on the fit, which its API does not take; the same seed gives the same weights."""
-    import keras
-
     from converters.distill import DistillSpec, FitSpec, fit
-    from edgekit.train_api import load_keras_model, load_training_data
+    from edgekit.train_api import _save, load_keras_model, load_training_data
     from edgekit.train_api import prune as prune_model
 
     source = load_keras_model(model)
@@ -358,32 +357,61 @@ def _prune_and_finetune(model, prune: dict, train, path: Path, callbacks) -> Pat
         distill_spec=DistillSpec(float(prune.get("temperature", 4)),
                                  float(prune.get("alpha", 0.7))) if distill else None,
         callbacks=list(callbacks(pruned)))
-    if getattr(pruned, "optimizer", None) is not None:  # weights only, as train_api writes
-        cls = keras.Sequential if isinstance(pruned, keras.Sequential) else keras.Model
-        clean = cls.from_config(pruned.get_config())
-        clean.set_weights(pruned.get_weights())
-        pruned = clean
-    from edgekit.fsutil import atomic_output
-
-    with atomic_output(path) as tmp:
-        pruned.save(tmp)
-    return path
+    return _save(pruned, path)  # weights only, as train_api writes
 
 
-def compress_step(compress: dict, source, train, folder: Path, notes=None) -> Path:
-    """``recipe_compress.compress_source`` of ``source`` into ``folder`` (named after it); a
-    note in ``notes`` when ``train`` is not the data the recipe was fine-tuned on."""
+def _note_other_train(notes: list | None, train, step: dict, what: str) -> None:
+    """A note in ``notes`` (None: none wanted) when ``train`` is not the data a training step
+    (its ``train`` FileRef) used."""
     from edgekit.fsutil import sha256_tree
-    from edgekit.recipe_compress import compress_source
 
-    train_ref = compress.get("train") or {}
-    if notes is not None and train is not None and train_ref.get("sha256") \
-            and not any(n.startswith(f"training data {train} ") for n in notes) \
-            and sha256_tree(train) != train_ref["sha256"]:
-        notes.append(f"training data {train} is not the data the recipe was compressed on "
-                     "(sha256 differs): the bytes will differ")
-    stem = Path(source).stem if Path(source).is_file() else Path(source).name
-    return compress_source(source, compress, train, Path(folder) / f"{stem}.keras")
+    ref = (step.get("train") or {}).get("sha256")
+    if notes is not None and train is not None and ref and sha256_tree(train) != ref:
+        notes.append(f"training data {train} is not the data {what} (sha256 differs): the "
+                     "bytes will differ")
+
+
+class CompressRefused(InputError):
+    """A recipe's compress step refused the model (e.g. nothing to cluster)."""
+
+
+def trained_source(recipe: Recipe, model, train, folder, *, callbacks=None, notes=None):
+    """What ``recipe`` converts: ``model`` after the recipe's training steps (prune or student,
+    then compress), each model written under ``folder``; ``model`` itself when it has none.
+
+    Args:
+        callbacks: ``prune_source``'s callbacks for the pruning fine-tune.
+        notes: a list to which a note is added when ``train`` is not the data a step used.
+
+    Raises:
+        InputError: no training data, or a model a step cannot take; CompressRefused when it
+            is the compress step that refuses.
+    """
+    folder = Path(folder)
+    source = model
+    if recipe.prune:
+        _note_other_train(notes, train, recipe.prune, "the recipe was fine-tuned on")
+        stem = Path(model).stem if Path(model).is_file() else Path(model).name
+        source = prune_source(model, recipe.prune, train, folder / "pruned" / f"{stem}.keras",
+                              callbacks)
+    if recipe.student:
+        from edgekit.optimizer_arch import train_student
+
+        _note_other_train(notes, train, recipe.student, "the student was distilled on")
+        source = train_student(model, recipe.student, train, folder / "student" /
+                               "student.keras")
+    if recipe.compress:
+        from edgekit.recipe_compress import compress_source
+
+        if not any(n.startswith(f"training data {train} ") for n in notes or ()):
+            _note_other_train(notes, train, recipe.compress, "the recipe was compressed on")
+        stem = Path(source).stem if Path(source).is_file() else Path(source).name
+        try:
+            source = compress_source(source, recipe.compress, train,
+                                     folder / "compressed" / f"{stem}.keras")
+        except InputError as e:
+            raise CompressRefused(str(e)) from e
+    return source
 
 
 def replay(recipe: Recipe, model, *, calibration=None, eval=None, out="build",
@@ -425,27 +453,7 @@ def replay(recipe: Recipe, model, *, calibration=None, eval=None, out="build",
             and Path(calibration).exists() and sha256_tree(calibration) != recipe.calibration.sha256:
         notes.append(f"calibration data {calibration} is not the data the recipe was built with "
                      "(sha256 differs): the bytes will differ")
-    source = model
-    if recipe.prune:
-        train_ref = recipe.prune.get("train") or {}
-        if train is not None and train_ref.get("sha256") \
-                and sha256_tree(train) != train_ref["sha256"]:
-            notes.append(f"training data {train} is not the data the recipe was fine-tuned on "
-                         "(sha256 differs): the bytes will differ")
-        stem = Path(model).stem if Path(model).is_file() else Path(model).name
-        source = prune_source(model, recipe.prune, train, Path(out) / "pruned" / f"{stem}.keras")
-    if recipe.student:
-        from edgekit.optimizer_arch import train_student
-
-        train_ref = recipe.student.get("train") or {}
-        if train is not None and train_ref.get("sha256") \
-                and sha256_tree(train) != train_ref["sha256"]:
-            notes.append(f"training data {train} is not the data the student was distilled on "
-                         "(sha256 differs): the bytes will differ")
-        source = train_student(model, recipe.student, train, Path(out) / "student" /
-                               "student.keras")
-    if recipe.compress:
-        source = compress_step(recipe.compress, source, train, Path(out) / "compressed", notes)
+    source = trained_source(recipe, model, train, out, notes=notes)
     art = convert(source, [recipe.target], calibration=calibration, eval=eval, out=out,
                   options=recipe.options(base))[0]
     expected = (recipe.artifact or {}).get("sha256")
@@ -462,6 +470,7 @@ __all__ = [
     "FileRef",
     "Recipe",
     "Replay",
+    "trained_source",
     "load_recipe",
     "options_from_json",
     "options_to_json",

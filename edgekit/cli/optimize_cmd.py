@@ -12,6 +12,7 @@ from rich.table import Table
 from edgekit.cli.advise_cmd import NoRecipeFits
 from edgekit.cli.common import console, emit_json, json_option
 from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
+from edgekit.devices.device import ORT_OPT_LEVELS
 from edgekit.errors import InputError
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20,
@@ -104,7 +105,7 @@ def parse_duration(text: str | None, option: str) -> float | None:
               help="TFLite runtime settings to search: XNNPACK delegate on and/or off "
                    "(repeatable; default both).")
 @click.option("--ort-opt-level", "ort_opt_levels", multiple=True,
-              type=click.Choice(["disable", "basic", "extended", "all"]),
+              type=click.Choice(list(ORT_OPT_LEVELS)),
               help="ONNX Runtime graph optimization levels to search (repeatable; default all, "
                    "extended, basic).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
