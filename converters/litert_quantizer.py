@@ -3,12 +3,17 @@
 A ``.tflite`` file has no Keras graph left for the TFLite converter to re-trace, so its int8
 variants come from the LiteRT quantizer, which rewrites the flatbuffer. Its I/O types follow the
 quantizer's recipe (``float_io`` is not selectable here); the manifest records the real ones.
+
+The quantizer only quantizes float32 constant weights. A float16 .tflite (weights stored as
+float16 behind ``DEQUANTIZE`` ops, what TFLite's float16 quantization writes) would come back
+unquantized, so its weights are first folded back to float32 constants (exactly).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from pathlib import Path
 
 from converters.base import PassResult
@@ -31,8 +36,36 @@ def quantize_tflite(source, out_path: Path, recipe_name: str, calibration=None) 
     from ai_edge_litert.interpreter import Interpreter
 
     signatures = list(Interpreter(model_path=str(source.path)).get_signature_list())
+    with tempfile.TemporaryDirectory(prefix="edgekit-litert-") as wd:
+        model_path, folded = _float32_weights(source.path, Path(wd))
+        _run(quantizer, recipe, recipe_name, model_path, source, signatures, calibration,
+             out_path)
+    from importlib.metadata import version
+
+    notes = [f"LiteRT quantizer recipe {recipe_name} on a .tflite source"]
+    if folded:
+        notes.append(f"{folded} float16 weights behind DEQUANTIZE folded back to float32 "
+                     f"constants before quantizing")
+    return PassResult(tools={"ai-edge-quantizer": version("ai-edge-quantizer")}, notes=notes)
+
+
+def _float32_weights(path: Path, workdir: Path) -> tuple[Path, int]:
+    """The model the quantizer should read: ``path`` itself, or a copy with its float16
+    weights folded to float32 (and how many were folded)."""
+    from converters.tflite_weights import fold_fp16_weights
+
+    data, folded = fold_fp16_weights(Path(path).read_bytes())
+    if not folded:
+        return Path(path), 0
+    out = workdir / Path(path).name
+    out.write_bytes(data)
+    return out, folded
+
+
+def _run(quantizer, recipe, recipe_name, model_path, source, signatures, calibration, out_path):
+    """Quantize ``model_path`` with the recipe (calibrating when it needs to) into ``out_path``."""
     try:
-        qt = quantizer.Quantizer(str(source.path))
+        qt = quantizer.Quantizer(str(model_path))
         qt.load_quantization_recipe(getattr(recipe, recipe_name)())
         with contextlib.redirect_stdout(io.StringIO()):
             if qt.need_calibration:
@@ -48,8 +81,9 @@ def quantize_tflite(source, out_path: Path, recipe_name: str, calibration=None) 
         raise
     except Exception as e:  # noqa: BLE001 - the quantizer raises anything on unsupported graphs
         raise ConversionError(f"LiteRT quantizer ({recipe_name}) failed on {source.path.name}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
-    from importlib.metadata import version
+                              f"{_first_line(e)}") from e
 
-    return PassResult(tools={"ai-edge-quantizer": version("ai-edge-quantizer")},
-                      notes=[f"LiteRT quantizer recipe {recipe_name} on a .tflite source"])
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,5 +1,6 @@
-"""What a converted .tflite really stores: distinct weight values per layer, and the LiteRT sparse
-tensor encoding.
+"""What a converted .tflite really stores: distinct weight values per layer, the LiteRT sparse
+tensor encoding, and float16 weights behind ``DEQUANTIZE`` (folded back to float32 before a
+.tflite source is quantized, see ``fold_fp16_weights``).
 
 Used to check that clustering survives conversion (a clustered layer's weights hold <= k values
 per output channel in the artifact, also after INT8 per-channel quantization), and to measure
@@ -101,3 +102,96 @@ def convert_sparse(model, out, *, representative=None) -> Path:
     out = Path(out)
     out.write_bytes(conv.convert())
     return out
+
+
+def fold_fp16_weights(model_bytes: bytes) -> tuple[bytes, int]:
+    """Turn float16 weights stored behind ``DEQUANTIZE`` ops back into float32 constants.
+
+    TFLite's float16 quantization stores each weight as float16 plus a ``DEQUANTIZE`` to float32
+    in front of the op that reads it. LiteRT's quantizer only quantizes constant float32 weights,
+    so on such a file it quantizes nothing and writes the fp16 model again. Folding the
+    ``DEQUANTIZE`` (float16 -> float32 is exact) gives it the float model it expects.
+
+    Args:
+        model_bytes: a .tflite flatbuffer.
+
+    Returns:
+        ``(new bytes, number of DEQUANTIZE ops folded)``; the input unchanged when there are none,
+        or when the weights live outside the flatbuffer (models over 2 GB are not rewritten).
+    """
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    if any(b.offset > 1 for b in model.buffers or []):
+        return model_bytes, 0
+    codes = [max(oc.builtinCode, oc.deprecatedBuiltinCode) for oc in model.operatorCodes or []]
+    folded = 0
+    for s, sg in enumerate(model.subgraphs or []):
+        keep_ops, dropped = [], set()
+        for op in sg.operators or []:
+            src = _fp16_constant_input(model, sg, op, codes, fb)
+            if src is None:
+                keep_ops.append(op)
+                continue
+            out = sg.tensors[op.outputs[0]]
+            buf = fb.BufferT()
+            data = np.asarray(model.buffers[sg.tensors[src].buffer].data, dtype=np.uint8)
+            buf.data = np.frombuffer(data.tobytes(), dtype="<f2").astype("<f4").view(np.uint8)
+            model.buffers.append(buf)
+            out.buffer = len(model.buffers) - 1
+            dropped.add(src)
+            folded += 1
+        sg.operators = keep_ops
+        _drop_unread_tensors(model, s, sg, dropped)
+    if not folded:
+        return model_bytes, 0
+    import flatbuffers
+
+    builder = flatbuffers.Builder(len(model_bytes) * 2 + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), folded
+
+
+def _fp16_constant_input(model, sg, op, codes, fb):
+    """The index of the float16 constant a float32 ``DEQUANTIZE`` reads, or None."""
+    if codes[op.opcodeIndex] != fb.BuiltinOperator.DEQUANTIZE or len(op.inputs) != 1:
+        return None
+    src, out = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
+    data = model.buffers[src.buffer].data if 0 < src.buffer < len(model.buffers) else None
+    if (src.type != fb.TensorType.FLOAT16 or out.type != fb.TensorType.FLOAT32 or data is None
+            or not len(data) or op.outputs[0] in list(sg.outputs or [])):
+        return None
+    return int(op.inputs[0])
+
+
+def _drop_unread_tensors(model, s: int, sg, candidates: set) -> None:
+    """Remove the folded float16 tensors nothing reads any more, renumbering every reference."""
+    read = {i for op in sg.operators for i in list(op.inputs) + list(op.outputs)
+            + list(op.intermediates if op.intermediates is not None else [])}
+    read |= set(sg.inputs if sg.inputs is not None else []) | set(
+        sg.outputs if sg.outputs is not None else [])
+    gone = {i for i in candidates if i not in read}
+    if not gone:
+        return
+    for i in gone:  # the float16 bytes would stay in the file otherwise (buffers are by index)
+        b = sg.tensors[i].buffer
+        if sum(t.buffer == b for g in model.subgraphs for t in g.tensors) == 1:
+            model.buffers[b].data = None
+    remap, kept = {}, []
+    for i, t in enumerate(sg.tensors):
+        if i not in gone:
+            remap[i] = len(kept)
+            kept.append(t)
+    sg.tensors = kept
+
+    def renumber(indices):
+        return None if indices is None else [remap[int(i)] if i >= 0 else int(i) for i in indices]
+
+    for op in sg.operators:
+        op.inputs, op.outputs = renumber(op.inputs), renumber(op.outputs)
+        op.intermediates = renumber(op.intermediates)
+    sg.inputs, sg.outputs = renumber(sg.inputs), renumber(sg.outputs)
+    for sig in model.signatureDefs or []:
+        if sig.subgraphIndex == s:
+            for m in list(sig.inputs or []) + list(sig.outputs or []):
+                m.tensorIndex = remap[m.tensorIndex]
