@@ -10,6 +10,7 @@ from converters.base import PassResult
 from converters.onnx_common import (MIN_QDQ_OPSET, float_model, ort_version, preprocess,
                                     upgrade_opset, workdir)
 from converters.options import CalibrationMethod, OnnxQuantFormat
+from converters.repair import equalize as remedies
 from edgekit.errors import ConversionError
 
 
@@ -34,6 +35,8 @@ def convert(source, options, calibration, out_path) -> PassResult:
         extra["CalibPercentile"] = options.percentile
     with workdir() as wd:
         pre = preprocess(model, Path(wd), notes)
+        # After ORT's pre-processing, so BatchNorms are already folded into the convs.
+        pre = remedies.prepare(pre, options, calibration, Path(wd), notes)
         try:
             fmt = (QuantFormat.QOperator if options.onnx_quant_format == OnnxQuantFormat.QOPERATOR
                    else QuantFormat.QDQ)
@@ -43,7 +46,8 @@ def convert(source, options, calibration, out_path) -> PassResult:
                                              else QuantType.QInt8),
                             weight_type=QuantType.QInt8,
                             calibrate_method=methods[options.calibration_method], extra_options=extra,
-                            nodes_to_exclude=list(options.float_nodes))
+                            nodes_to_exclude=list(options.float_nodes),
+                            op_types_to_quantize=list(options.quantize_op_types) or None)
         except Exception as e:  # noqa: BLE001 - ORT's quantizer raises anything on odd graphs
             raise ConversionError(f"ONNX Runtime static quantization failed: "
                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e

@@ -8,6 +8,13 @@ from typing import Optional
 
 DEFAULT_CALIBRATION_SAMPLES = 200
 
+# What ``quantize_op_types`` is set to by the repair when elementwise ops are the damage: the ops
+# that do the multiply-accumulates, plus those that only move or clamp their input (ORT folds
+# Relu/Clip into the conv's output range and gives data-movement ops their input's scale), so the
+# convs still run back to back in int8.
+CONV_MATMUL_OP_TYPES = ("Conv", "MatMul", "Gemm", "Relu", "Clip", "MaxPool", "Reshape",
+                        "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+
 
 class CalibrationMethod(str, Enum):
     """How activation ranges are chosen from calibration data (ONNX Runtime's calibrators)."""
@@ -58,6 +65,16 @@ class ConvertOptions:
             the quantization debugger lists them); set by the repair, replayable.
         onnx_quant_format: onnx-int8's operator format (QDQ pairs or QOperator ops); which one
             ONNX Runtime runs faster depends on the CPU and graph, so ``optimize`` measures it.
+        equalize: onnx-int8 applies cross-layer equalization to the float graph first
+            (``converters.repair.equalize``): BatchNorm folded, then Conv → (Relu | nothing) → Conv
+            pairs rescaled so each channel's weight range is shared between the two convs. The
+            float function is unchanged; int8 weight and activation ranges get evener.
+        bias_correction: onnx-int8 subtracts from each quantized Conv/Gemm/MatMul's bias the mean
+            output shift its int8 weights cause, ``(W_q - W) · E[x]``, with ``E[x]`` from a float
+            run on the calibration data.
+        quantize_op_types: onnx-int8 quantizes only these ONNX op types (ORT's
+            ``op_types_to_quantize``); empty = every op ORT can quantize.
+            ``CONV_MATMUL_OP_TYPES`` keeps elementwise ops (Add, Mul, Concat, Sigmoid...) in float.
     """
 
     float_io: bool = False
@@ -77,6 +94,9 @@ class ConvertOptions:
     unsigned_activations: bool = False
     float_nodes: tuple = ()
     onnx_quant_format: OnnxQuantFormat = OnnxQuantFormat.QDQ
+    equalize: bool = False
+    bias_correction: bool = False
+    quantize_op_types: tuple = ()
 
     def subset(self, names) -> dict:
         """The named fields as plain JSON values (for the manifest's pass config)."""

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 RECIPE_SCHEMA = "edgekit.recipe"
 RECIPE_VERSION = 1
 RECIPE_SUFFIX = ".recipe.json"
-_TUPLE_FIELDS = ("float_nodes",)  # tuples in ConvertOptions, lists in JSON
+_TUPLE_FIELDS = ("float_nodes", "quantize_op_types")  # tuples in ConvertOptions, lists in JSON
 TRAINING_STEPS = ("prune", "student", "compress")  # recipe fields that train a new model
 _ENUM_FIELDS = {"calibration_method": CalibrationMethod, "onnx_quant_format": OnnxQuantFormat}
 

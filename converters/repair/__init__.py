@@ -21,7 +21,8 @@ import shutil
 from pathlib import Path
 
 from converters.base import PassResult
-from converters.options import CalibrationMethod
+from converters.onnx_common import host_int8_may_saturate
+from converters.options import CONV_MATMUL_OP_TYPES, CalibrationMethod
 from edgekit.errors import ConversionError, VerificationError
 from edgekit.fsutil import temp_path_for
 
@@ -43,7 +44,8 @@ class Attempt:
 
 
 def cheaper_remedies(info, options) -> list:
-    """Option variants that keep every op quantized, in the order they are tried."""
+    """Option variants that keep every conv and matmul int8, in the order they are tried
+    (none keeps a named node in float; the last ones leave elementwise ops in float)."""
     if info.format != "onnx" or info.precision != "int8":
         return []
     r = dataclasses.replace
@@ -58,7 +60,27 @@ def cheaper_remedies(info, options) -> list:
         out.append(("symmetric activations", r(options, symmetric_activations=True)))
     if not options.per_channel:
         out.append(("per-channel weights", r(options, per_channel=True)))
-    return [(d, o) for d, o in out if o != options]
+    # Remedies that rewrite the graph or what is quantized, still int8 everywhere, in order of
+    # cost: equalization (free at run time, no data), + bias correction (a float run on the
+    # calibration data), then Conv/MatMul-only int8 (elementwise ops in float: extra Q/DQ pairs
+    # at run time). Each keeps the user's calibration and, on hosts where ORT's int8 kernels
+    # saturate, carries 7-bit weights: without them the repair would judge the remedy by the
+    # host's kernel overflow, not by its quantization error. Equalization keeps the user's
+    # per-tensor/per-channel choice (evening out per-tensor ranges is what it is for); the
+    # Conv/MatMul-only variants take per-channel weights, the cheap fix for the convs' own ranges.
+    base = r(options, reduce_range=options.reduce_range or host_int8_may_saturate())
+    convs_only = r(base, per_channel=True, quantize_op_types=CONV_MATMUL_OP_TYPES)
+    out += [("cross-layer equalization", r(base, equalize=True)),
+            ("cross-layer equalization + bias correction",
+             r(base, equalize=True, bias_correction=True)),
+            ("Conv/MatMul/Gemm only in int8 (elementwise ops in float)", convs_only),
+            ("Conv/MatMul/Gemm only in int8 + cross-layer equalization + bias correction",
+             r(convs_only, equalize=True, bias_correction=True))]
+    kept: list = []
+    for d, o in out:  # options hold a dict (input_shapes): compared, not hashed
+        if o != options and all(o != k for _, k in kept):
+            kept.append((d, o))
+    return kept
 
 
 def repair(info, src, options, calib, out_path: Path, evaluate, gate, naive_fidelity):
