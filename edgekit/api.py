@@ -238,6 +238,9 @@ def _run_target(info, src, options, calib, final: Path, feeds, reference, labels
                              "saturate: --reduce-range avoids it")
             raise VerificationError(f"missed the fidelity gate on {fid.samples} samples: "
                                     + "; ".join(misses) + hint)
+        from converters.content import check_artifact
+
+        content = check_artifact(info, tmp)  # refuses a file whose precision is not its target's
         size, digest = tmp.stat().st_size, sha256_file(tmp)
     config = (result.options or options).subset(info.options)
     config["gate"] = gate.to_dict()
@@ -254,7 +257,8 @@ def _run_target(info, src, options, calib, final: Path, feeds, reference, labels
         sha256=digest, inputs=loaded_io[0], outputs=loaded_io[1],
         source=with_compression(src.describe()),
         calibration=calib_desc, fidelity=fid, pass_config=config,
-        tools={**result.tools, **runtime}, float_ops=result.float_ops, conversion_seconds=seconds)
+        tools={**result.tools, **runtime}, float_ops=result.float_ops, conversion_seconds=seconds,
+        content=content.to_dict() if content else None)
 
 
 def _evaluate(info, path, src, feeds, reference, labels):

@@ -89,6 +89,9 @@ class Artifact:
     float_ops: list[dict] = field(default_factory=list)
     conversion_seconds: Optional[float] = None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    # What the file holds: weights by dtype, ops by kind, int8 share of the compute
+    # (converters.content.ArtifactContent.to_dict); None for .ort and for older manifests.
+    content: Optional[dict] = None
 
     def to_dict(self, relative_to: Optional[Path] = None) -> dict:
         path = Path(self.path)
@@ -114,6 +117,7 @@ class Artifact:
             "float_ops": self.float_ops,
             "conversion_seconds": self.conversion_seconds,
             "created": self.created,
+            "content": self.content,
         }
 
     @classmethod
@@ -130,7 +134,7 @@ class Artifact:
             fidelity=Fidelity.from_dict(d.get("fidelity")),
             pass_config=d.get("pass", {}).get("config", {}), tools=d.get("tools", {}),
             float_ops=d.get("float_ops", []), conversion_seconds=d.get("conversion_seconds"),
-            created=d.get("created", ""),
+            created=d.get("created", ""), content=d.get("content"),
         )
 
 
