@@ -78,8 +78,10 @@ MODELS = {m.name: m for m in [
     WheelModel("silero-vad", "silero-vad", "6.2.3", "silero_vad-6.2.3-py3-none-any.whl",
                "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
                ("silero_vad/data/silero_vad.onnx",), "audio (voice activity)",
-               "input [batch, 512] 16 kHz samples in -1..1; state [2, batch, 128] (zeros, then "
-               "the previous stateN); sr scalar int64 16000. Opset 16, the net inside an If.",
+               "input [batch, 64 + 512]: the last 64 samples of the previous window, then 512 "
+               "new ones (16 kHz, -1..1); state [2, batch, 128] (zeros, then the previous "
+               "stateN); sr scalar int64 16000 (the wheel's OnnxWrapper). Opset 16, the net "
+               "inside an If.",
                "MIT"),
     WheelModel("rapidocr-det", members=("rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",),
                task="text detection (DBNet probability map)",
