@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from .dataset import Dataset, sample_indices, top1_accuracy
 from .digits import digits_path
+from .layouts import Layout, SampleFeeds
 from .loaders import load_dataset
 from .preprocess import ImagePreprocess
 
-__all__ = ["Dataset", "ImagePreprocess", "digits_path", "load_dataset", "sample_indices",
-           "top1_accuracy"]
+__all__ = ["Dataset", "ImagePreprocess", "Layout", "SampleFeeds", "digits_path", "load_dataset",
+           "sample_indices", "top1_accuracy"]

@@ -12,6 +12,7 @@ import numpy as np
 from edgekit.errors import InputError
 
 from .errors import data_error
+from .layouts import Layout, SampleFeeds, one_at_a_time, sample_feed
 from .validate import check_labels, check_same_length
 
 log = logging.getLogger(__name__)
@@ -20,11 +21,15 @@ log = logging.getLogger(__name__)
 class Dataset:
     """Samples for every model input (leading sample axis), with optional int labels.
 
-    Arrays are held read-only so the fingerprint stays true to what is fed.
+    Arrays are held read-only so the fingerprint stays true to what is fed. Each input is held
+    in a :class:`~calibration_data.layouts.Layout`: batched (``[N, *shape[1:]]``) or N samples
+    of the model's full input shape (``[N, *shape]``, for inputs whose batch axis is not first
+    and scalars). When any input is full-shape, every sample is fed on its own.
 
     Attributes:
         path: where the data came from (``None`` when built from arrays).
         inputs: input name -> array, already cast to the model's dtype.
+        layouts: input name -> layout of its array.
         labels: int64 class ids, one per sample, or ``None``.
         role: ``"calibration"`` or ``"eval"``, used in messages.
     """
@@ -36,6 +41,7 @@ class Dataset:
         *,
         path: Path | str | None = None,
         role: str = "calibration",
+        layouts: dict[str, Layout] | None = None,
     ) -> None:
         """Wrap already-checked arrays.
 
@@ -44,14 +50,23 @@ class Dataset:
             labels: class ids, one per sample.
             path: where the data came from.
             role: ``"calibration"`` or ``"eval"``.
+            layouts: input name -> layout; inputs left out are batched.
 
         Raises:
-            CalibrationError: no inputs, inputs of different lengths, or bad labels.
+            CalibrationError: no inputs, inputs of different lengths, bad labels, or layouts
+                naming no input.
         """
         self.path = Path(path) if path is not None else None
         self.role = role
         if not inputs:
             raise data_error(role, self.path, "expected at least one input, found none")
+        layouts = dict(layouts or {})
+        unknown = sorted(set(layouts) - set(inputs))
+        if unknown:
+            raise data_error(role, self.path, f"layouts given for {unknown}, which are not "
+                             f"among the inputs {sorted(inputs)}",
+                             hint="name the layouts after the inputs")
+        self.layouts = {k: Layout(layouts.get(k, Layout.BATCHED)) for k in inputs}
         n = check_same_length(inputs, role=role, path=self.path)
         self.inputs = {name: _frozen(np.asarray(a)) for name, a in inputs.items()}
         self.labels = (None if labels is None
@@ -62,7 +77,8 @@ class Dataset:
         return len(next(iter(self.inputs.values())))
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{k}: {a.dtype}{list(a.shape)}" for k, a in self.inputs.items())
+        shapes = ", ".join(f"{k}: {a.dtype}{list(a.shape)} {self.layouts[k].value}"
+                           for k, a in self.inputs.items())
         return (f"Dataset({self.role}, {self.path}, {len(self)} samples, {shapes}, "
                 f"labels={'yes' if self.labels is not None else 'no'})")
 
@@ -81,14 +97,33 @@ class Dataset:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    @property
+    def one_at_a_time(self) -> bool:
+        """Whether samples must be fed one by one: some input holds full-shape samples, whose
+        axis 0 is not a batch axis along which samples could be joined."""
+        return one_at_a_time(self.layouts)
+
+    def feeds(self) -> SampleFeeds:
+        """All samples as ``{input_name: array}`` with the layouts, for
+        :func:`edgekit.verify.run_batched`."""
+        return SampleFeeds(self.inputs, self.layouts)
+
+    def sample(self, index: int) -> dict[str, np.ndarray]:
+        """The model's feed for one sample: every input at its full shape (batch of 1 where
+        the batch axis is first)."""
+        return sample_feed(self.inputs, self.layouts, index)
+
     def batches(self, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
-        """Yield ``{input_name: array}`` batches in order; the last one may be smaller.
+        """Yield model feeds in order; the last one may be smaller.
+
+        When :attr:`one_at_a_time`, every feed is one sample at the inputs' full shapes,
+        whatever ``batch_size`` asks.
 
         Args:
             batch_size: samples per batch, at least 1.
 
         Returns:
-            An iterator of dicts whose arrays have a leading batch axis.
+            An iterator of ``{input_name: array}`` dicts ready to feed the model.
 
         Raises:
             InputError: batch_size below 1.
@@ -113,6 +148,10 @@ class Dataset:
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         batch_size = int(batch_size)
+        if self.one_at_a_time:
+            for i in range(len(self)):
+                yield self.sample(i), None if self.labels is None else self.labels[i:i + 1]
+            return
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
             labels = None if self.labels is None else self.labels[start:stop]
@@ -142,16 +181,18 @@ class Dataset:
         idx = sample_indices(total, n, self.labels, seed)
         labels = None if self.labels is None else self.labels[idx]
         return Dataset({k: a[idx] for k, a in self.inputs.items()}, labels,
-                       path=self.path, role=self.role)
+                       path=self.path, role=self.role, layouts=self.layouts)
 
     def describe(self) -> dict:
         """What goes into the manifest.
 
         Returns:
-            ``{"path": str | None, "sha256": fingerprint, "samples": len}``.
+            ``{"path": str | None, "sha256": fingerprint, "samples": len,
+            "layouts": {input_name: "batched" | "full-shape"}}``.
         """
         return {"path": str(self.path) if self.path is not None else None,
-                "sha256": self.fingerprint, "samples": len(self)}
+                "sha256": self.fingerprint, "samples": len(self),
+                "layouts": {k: v.value for k, v in self.layouts.items()}}
 
 
 def needs_sampling(total: int, n: int, *, strict: bool, role: str, path) -> bool:

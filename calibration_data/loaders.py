@@ -3,7 +3,10 @@
 Formats, chosen by what ``path`` is:
 
 - ``.npz``: arrays keyed by input name; a single-input model also accepts ``x``. Labels under
-  ``y``, ``labels`` or ``label``.
+  ``y``, ``labels`` or ``label``. Each input's array is either batched, ``[N, *shape[1:]]``, or
+  N samples of the input's full shape, ``[N, *shape]`` (the only layout for an input whose
+  batch axis is not first, e.g. a recurrent state ``[2, batch, 128]``, or a scalar); see
+  :mod:`calibration_data.layouts`.
 - ``.npy``: one array for a single-input model, no labels.
 - ``.csv``: numeric columns for a single 2-D input ``(N, features)``, optional header; a column
   named ``label`` or ``y`` holds labels.
@@ -19,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.spec import TensorSpec
+from edgekit.spec import TensorSpec, format_shape
 
 from .dataset import Dataset
 from .errors import data_error
 from .preprocess import ImagePreprocess
-from .validate import check_input
+from .validate import check_input_layout
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +94,30 @@ def load_dataset(
     else:
         raise data_error(role, path, f"unsupported format {suffix or '(no extension)'!r}",
                          hint=f"give {_FORMATS}")
-    inputs = {s.name: check_input(raw[s.name], s, role=role, path=path,
-                                  integral_floats_ok=integral_ok) for s in spec}
-    data = Dataset(inputs, labels, path=path, role=role)
+    inputs, layouts = {}, {}
+    for s in spec:
+        inputs[s.name], layouts[s.name] = check_input_layout(
+            raw[s.name], s, role=role, path=path, integral_floats_ok=integral_ok)
+    data = Dataset(inputs, labels, path=path, role=role, layouts=layouts)
     if samples is not None:
         data = data.take(samples, seed, strict=strict_samples)
-    log.info("%s data %s: %d samples, sha256 %s", role, path, len(data), data.fingerprint[:12])
+    log.info("%s data %s: %d samples, sha256 %s; %s", role, path, len(data),
+             data.fingerprint[:12], describe_layouts(data, spec))
     return data
+
+
+def describe_layouts(data: Dataset, spec: list[TensorSpec]) -> str:
+    """One line saying how each input's samples were read, for the log.
+
+    Example: ``layouts: 'input' batched [N,512] of [?,?], 'state' full-shape [N,2,1,128] of
+    [2,?,128]; fed one sample at a time``.
+    """
+    model = {s.name: format_shape(s.shape) for s in spec}
+    parts = [f"'{name}' {data.layouts[name].value} {format_shape(('N', *a.shape[1:]))} of "
+             f"{model.get(name, '?')}" for name, a in data.inputs.items()]
+    how = ("fed one sample at a time" if data.one_at_a_time
+           else "fed in batches along the first axis")
+    return f"layouts: {', '.join(parts)}; {how}"
 
 
 def _read_npz(path: Path, spec: list[TensorSpec], role: str):

@@ -14,6 +14,7 @@ import numpy as np
 from edgekit.spec import TensorSpec, format_shape
 
 from .errors import data_error
+from .layouts import Layout, detect_layout, normalize
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,41 @@ def check_input(
     path: Path | str | None,
     integral_floats_ok: bool = False,
 ) -> np.ndarray:
-    """Check one input's array against its spec and cast it to the spec's dtype.
+    """Check one input's batched array (``[N, *spec.shape[1:]]``) and cast it to the spec's dtype.
+
+    Like :func:`check_input_layout`, for callers whose data is always batched (image folders);
+    full-shape samples are refused.
+
+    Returns:
+        The array cast to ``spec.dtype``, C-contiguous.
+
+    Raises:
+        CalibrationError: as :func:`check_input_layout`, or data that is not batched.
+    """
+    array, layout = check_input_layout(array, spec, role=role, path=path,
+                                       integral_floats_ok=integral_floats_ok)
+    if layout is not Layout.BATCHED:
+        raise data_error(role, path, f"shape mismatch: expected "
+                         f"{format_shape(expected_sample_shape(spec))} (samples first), found "
+                         f"{list(array.shape)}", input_name=spec.name,
+                         hint="give the samples batched along the first axis")
+    return array
+
+
+def check_input_layout(
+    array: np.ndarray,
+    spec: TensorSpec,
+    *,
+    role: str,
+    path: Path | str | None,
+    integral_floats_ok: bool = False,
+) -> tuple[np.ndarray, Layout]:
+    """Check one input's array against its spec, tell its layout, cast it to the spec's dtype.
+
+    The layout comes from the array's rank (see :func:`calibration_data.layouts.detect_layout`):
+    ``[N, *spec.shape[1:]]`` is batched, ``[N, *spec.shape]`` is N full-shape samples. Full-shape
+    samples of batch 1 for an input whose batch axis is first are held batched (the same
+    samples, fed faster).
 
     Args:
         array: data with a leading sample axis.
@@ -52,35 +87,27 @@ def check_input(
             input (text and decoded images have no integer type of their own).
 
     Returns:
-        The array cast to ``spec.dtype``, C-contiguous.
+        ``(array, layout)``: the array cast to ``spec.dtype``, C-contiguous, and how its
+        samples are laid out.
 
     Raises:
-        CalibrationError: empty data, wrong rank or dim, wrong dtype kind, values out of the
-            integer dtype's range, NaN or Inf.
+        CalibrationError: empty data, a shape that fits neither layout, wrong dtype kind, values
+            out of the integer dtype's range, NaN or Inf.
     """
     array = np.asarray(array)
     name = spec.name
-    want = expected_sample_shape(spec)
-    if array.ndim == 0 or array.shape[0] == 0:
-        raise data_error(role, path, f"empty: expected samples of shape {format_shape(want)}, "
-                         f"found an array of shape {list(array.shape)}", input_name=name,
-                         hint="give at least one sample")
-    if array.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, array.shape)):
-        hint = (f"reshape or resize the data to {format_shape(want)}, "
-                "or check it is meant for this model")
-        if array.ndim == len(want) - 1:
-            hint = "the sample axis looks missing: stack samples along a new first axis"
-        raise data_error(
-            role, path,
-            f"shape mismatch: expected {format_shape(want)} (samples first, '?' = any size), "
-            f"found {list(array.shape)}",
-            input_name=name, hint=hint)
+    layout = detect_layout(array, spec, role=role, path=path)
+    read = layout
+    array, layout = normalize(array, spec, layout)
+    if layout is not read:
+        log.info("%s data %s, input '%s': full-shape samples of batch 1 held as batched %s",
+                 role, path, name, list(array.shape))
     target = _target_dtype(spec, role, path)
     array = _cast(array, target, name, role=role, path=path,
                   integral_floats_ok=integral_floats_ok)
     if target.kind == "f":
         _check_finite(array, name, role=role, path=path)
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array), layout
 
 
 def _target_dtype(spec: TensorSpec, role: str, path) -> np.dtype:
@@ -196,5 +223,5 @@ def check_same_length(inputs: dict[str, np.ndarray], *, role: str, path) -> int:
     return next(iter(counts.values()), 0)
 
 
-__all__ = ["check_input", "check_labels", "check_same_length",
+__all__ = ["check_input", "check_input_layout", "check_labels", "check_same_length",
            "expected_sample_shape"]

@@ -321,18 +321,22 @@ class LoadedModel:
         """
         feeds = [np.asarray(f) for f in self._feed_list(feeds)]
         feeds = [quantize(f, spec) for f, spec in zip(feeds, self.inputs)]
-        batch = feeds[0].shape[0] if feeds and feeds[0].ndim > 0 else None
+        # Only inputs whose first axis is the batch count: a state [2, batch, 128] is not batched
+        # along axis 0, and a scalar has no axis at all.
+        lead = [k for k, spec in enumerate(self.inputs) if batch_first(spec["shape"])]
+        batch = feeds[lead[0]].shape[0] if lead and feeds[lead[0]].ndim > 0 else None
         fixed = None
-        for spec in self.inputs:
-            if spec["shape"] and spec["shape"][0] is not None:
-                fixed = spec["shape"][0]
+        for k in lead:
+            if self.inputs[k]["shape"][0] is not None:
+                fixed = self.inputs[k]["shape"][0]
         if batch is None or fixed is None or fixed == batch:
             outs = self.run_raw(feeds)
         else:
             if batch % fixed:
                 raise RunFailed("batch of %d samples does not split into the model's fixed batch "
                                 "of %d (%s)" % (batch, fixed, self.path))
-            parts = [self.run_raw([f[i:i + fixed] for f in feeds]) for i in range(0, batch, fixed)]
+            parts = [self.run_raw([f[i:i + fixed] if k in lead else f for k, f in enumerate(feeds)])
+                     for i in range(0, batch, fixed)]
             outs = [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(self.outputs))]
         return [dequantize(o, spec) for o, spec in zip(outs, self.outputs)]
 
@@ -555,6 +559,48 @@ def _broadcast(values, spec, ndim):
     shape = [1] * ndim
     shape[q["axis"]] = arr.size
     return arr.reshape(shape)
+
+
+def batch_first(shape):
+    """Whether an input's first axis is its batch axis: it is dynamic, or no axis is dynamic
+    (a fixed batch). ``[2, None, 128]`` (a recurrent state) and ``[]`` (a scalar) are not.
+
+    Mirrors ``calibration_data.layouts.batch_first``, which this file may not import.
+    """
+    shape = list(shape or [])
+    return bool(shape) and (shape[0] is None or all(d is not None for d in shape[1:]))
+
+
+def eval_full_shape(model, arrays):
+    """Per input, whether its eval array holds N samples of the input's full shape
+    (``[N, *shape]``, fed one sample at a time) rather than batched ones (``[N, *shape[1:]]``)."""
+    return [np.ndim(a) == len(spec["shape"]) + 1 for a, spec in zip(arrays, model.inputs)]
+
+
+def run_eval(model, arrays):
+    """Run a model over eval arrays (samples first), returning float32 outputs per sample.
+
+    Batched arrays run through :meth:`LoadedModel.run_float` at once. When any array holds
+    full-shape samples (a scalar input, or one whose batch axis is not first), the samples cannot
+    be joined along axis 0, so each runs alone and the outputs are stacked: ``[N, *output]``.
+
+    Args:
+        model: a loaded model.
+        arrays: one array per model input, in ``model.inputs`` order.
+
+    Returns:
+        list of float32 arrays in ``model.outputs`` order, one row per sample.
+
+    Raises:
+        RunFailed: arrays that do not fit the model, or a runtime failure.
+    """
+    full = eval_full_shape(model, arrays)
+    if not any(full):
+        return model.run_float(arrays)
+    n = len(arrays[0])
+    outs = [model.run_float([a[i, ...] if f else a[i:i + 1] for a, f in zip(arrays, full)])
+            for i in range(n)]
+    return [np.stack([o[k] for o in outs]) for k in range(len(model.outputs))]
 
 
 def quantize(x, spec):
@@ -865,13 +911,16 @@ def measure(args):
     data = np.load(args.eval, allow_pickle=False) if args.eval else None
     if data is not None:
         eval_x = _eval_feeds(model, data)
+        full = eval_full_shape(model, eval_x)
         fixed = model.inputs[0]["shape"][0] if model.inputs and model.inputs[0]["shape"] else None
+        if any(full):  # full-shape samples run one at a time (see run_eval)
+            fixed = None
         if fixed and len(eval_x[0]) % fixed:  # a fixed batch of N takes the samples N at a time
             keep = len(eval_x[0]) - len(eval_x[0]) % fixed
             log.info("eval: using %d of %d samples (the model's batch is fixed at %d)",
                      keep, len(eval_x[0]), fixed)
             eval_x = [x[:keep] for x in eval_x]
-        feeds = [x[: (fixed or 1)] for x in eval_x]
+        feeds = [x[0, ...] if f else x[: (fixed or 1)] for x, f in zip(eval_x, full)]
         input_source = "eval"
     else:
         feeds = generate_inputs(model)
@@ -892,7 +941,7 @@ def measure(args):
     peak = _proc_status_bytes("VmHWM")
     accuracy, agreement = None, None
     if data is not None:
-        outs = model.run_float(eval_x)
+        outs = run_eval(model, eval_x)
         n = len(outs[0])
         if "y" in data.files:
             y = np.asarray(data["y"])

@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
-import numpy as np
-
 from converters.options import DEFAULT_CALIBRATION_SAMPLES, ConvertOptions
 from converters.registry import TargetInfo, check_target_for_source, get_target
 from converters.sources import detect_format, load_source
@@ -336,7 +334,7 @@ def _verification_data(src, evalset, calib):
     if data is None:
         log.warning("no --eval data: verifying on %d seeded random inputs", verify.SYNTHETIC_SAMPLES)
         return verify.synthetic_feeds(src.inputs), None
-    return {name: np.asarray(arr) for name, arr in data.inputs.items()}, data.labels
+    return data.feeds(), data.labels  # keeps each input's layout
 
 
 def inspect_artifact(path) -> dict:

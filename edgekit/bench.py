@@ -227,7 +227,8 @@ class _HostReferences:
     def _compute(self, art: BenchArtifact) -> Optional[Path]:
         import numpy as np
 
-        from device_agents.agent import AgentModelError, NoRuntimeError, RunFailed, load_model
+        from device_agents.agent import (AgentModelError, NoRuntimeError, RunFailed, load_model,
+                                         run_eval)
 
         try:
             model = load_model(art.path, threads=1)
@@ -235,7 +236,7 @@ class _HostReferences:
                 names = [s["name"] for s in model.inputs]
                 feeds = [data["x"]] if "x" in data.files and len(names) == 1 else \
                     [data[n] for n in names]
-            outs = model.run_float(feeds)
+            outs = run_eval(model, feeds)  # full-shape samples (e.g. a scalar input) run one by one
         except (AgentModelError, NoRuntimeError, RunFailed, KeyError, OSError, ValueError) as e:
             log.warning("no host reference for %s (agreement left out): %s", art.path.name, e)
             return None

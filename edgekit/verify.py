@@ -37,30 +37,81 @@ def is_classifier_output(arr: np.ndarray) -> bool:
 def synthetic_feeds(inputs, seed: int = 0, samples: int = SYNTHETIC_SAMPLES) -> dict:
     """Seeded random inputs for verification when no data is given; dynamic dims must be pinned.
 
+    An input whose batch axis is first gets ``[samples, *shape[1:]]``. A scalar input, or one
+    whose batch axis is not first (a state ``[2, batch, 128]``), gets ``samples`` samples of its
+    full shape with its one dynamic dim, the batch, set to 1; the feeds then carry those layouts
+    so that :func:`run_batched` feeds them one sample at a time.
+
+    Args:
+        inputs: the model's input specs.
+        seed: seed of the random draw.
+        samples: how many samples.
+
+    Returns:
+        ``{input_name: array}`` (a :class:`calibration_data.SampleFeeds` with the layouts).
+
     Raises:
-        InputError: a non-batch dim is dynamic, naming the input and the flag that pins it.
+        InputError: a dynamic dim other than the batch, naming the input and the flag that pins it.
     """
+    from calibration_data.layouts import Layout, SampleFeeds, batch_first
+
     rng = np.random.default_rng(seed)
-    feeds = {}
+    feeds, layouts = {}, {}
     for t in inputs:
-        if any(d is None for d in t.shape[1:]):
-            example = ",".join("N" if d is None else str(d) for d in (1, *t.shape[1:]))
-            raise InputError(
-                f"input {t.name!r} has dynamic dims {list(t.shape)} and no --eval/--calibration data "
-                f"fixes them; pin them with --input-shape {t.name}={example} (N = a size)")
-        shape = (samples, *t.shape[1:])
-        if np.dtype(t.dtype).kind in "iu":
-            feeds[t.name] = rng.integers(0, 10, size=shape).astype(t.dtype)
-        elif np.dtype(t.dtype).kind == "b":
-            feeds[t.name] = rng.integers(0, 2, size=shape).astype(bool)
+        shape = tuple(t.shape)
+        if batch_first(t):
+            dynamic = [i for i, d in enumerate(shape) if d is None and i > 0]
+            sample_shape, layout = (samples, *shape[1:]), Layout.BATCHED
         else:
-            feeds[t.name] = rng.random(shape, dtype=np.float32).astype(t.dtype)
-    return feeds
+            # The batch is the one dynamic dim (a scalar has none); any other must be pinned.
+            dynamic = [i for i, d in enumerate(shape) if d is None][1:]
+            sample_shape = (samples, *(1 if d is None else d for d in shape))
+            layout = Layout.FULL_SHAPE
+        if dynamic:
+            batch = 0 if batch_first(t) else shape.index(None)
+            example = ",".join("1" if i == batch else "N" if d is None else str(d)
+                               for i, d in enumerate(shape))
+            raise InputError(
+                f"input {t.name!r} has dynamic dims {list(shape)} and no --eval/--calibration data "
+                f"fixes them; pin them with --input-shape {t.name}={example} (N = a size)")
+        layouts[t.name] = layout
+        if np.dtype(t.dtype).kind in "iu":
+            feeds[t.name] = rng.integers(0, 10, size=sample_shape).astype(t.dtype)
+        elif np.dtype(t.dtype).kind == "b":
+            feeds[t.name] = rng.integers(0, 2, size=sample_shape).astype(bool)
+        else:
+            feeds[t.name] = rng.random(sample_shape, dtype=np.float32).astype(t.dtype)
+    return SampleFeeds(feeds, layouts)
 
 
 def run_batched(fn, feeds: dict, names: list, chunk: int = 64) -> list[np.ndarray]:
-    """Run ``fn(list_of_arrays) -> list_of_arrays`` over the samples in chunks and concatenate."""
+    """Run a model over every sample of ``feeds`` and collect its outputs sample by sample.
+
+    Batched feeds are cut into chunks of ``chunk`` samples and the outputs joined along axis 0.
+    When the feeds carry layouts (:class:`calibration_data.SampleFeeds`) with a full-shape input
+    (a scalar, or a batch axis that is not first), samples cannot be joined along axis 0, so
+    each is fed alone at its full shape and the outputs are stacked on a new sample axis.
+
+    Args:
+        fn: ``fn(list_of_arrays) -> list_of_arrays``, the inputs in ``names`` order.
+        feeds: input name -> array with a leading sample axis.
+        names: the input names ``fn`` takes, in order.
+        chunk: samples per call for batched feeds.
+
+    Returns:
+        One array per output: ``[N, *rest]`` joined from batched runs, or
+        ``[N, *output_shape]`` when fed one sample at a time.
+    """
+    from calibration_data.layouts import one_at_a_time, sample_feed
+
+    layouts = {k: v for k, v in getattr(feeds, "layouts", {}).items() if k in names}
     n = len(next(iter(feeds.values())))
+    if one_at_a_time(layouts):
+        outs = []
+        for i in range(n):
+            one = sample_feed({name: feeds[name] for name in names}, layouts, i)
+            outs.append([np.asarray(y) for y in fn([one[name] for name in names])])
+        return [np.stack([o[j] for o in outs], axis=0) for j in range(len(outs[0]))]
     parts: list[list[np.ndarray]] = []
     for i in range(0, n, chunk):
         parts.append([np.asarray(y) for y in fn([feeds[name][i:i + chunk] for name in names])])

@@ -113,7 +113,8 @@ def test_inputs_of_different_lengths():
 
 def test_describe():
     data = Dataset({"a": np.zeros((3, 1), np.float32)}, path="/data/c.npz")
-    assert data.describe() == {"path": "/data/c.npz", "sha256": data.fingerprint, "samples": 3}
+    assert data.describe() == {"path": "/data/c.npz", "sha256": data.fingerprint, "samples": 3,
+                               "layouts": {"a": "batched"}}
     assert len(data.fingerprint) == 64
 
 

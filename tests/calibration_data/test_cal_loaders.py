@@ -42,7 +42,8 @@ def test_npz_keyed_by_input_names_with_labels(tmp_path):
     np.testing.assert_array_equal(data.labels, np.arange(20) % 3)
     assert data.labels.dtype == np.int64
     assert data.path == path
-    assert data.describe() == {"path": str(path), "sha256": data.fingerprint, "samples": 20}
+    assert data.describe() == {"path": str(path), "sha256": data.fingerprint, "samples": 20,
+                               "layouts": {"image": "batched", "ids": "batched"}}
 
 
 def test_npz_single_input_accepts_x_and_y(tmp_path):
@@ -226,11 +227,23 @@ def test_missing_sample_axis_hint(tmp_path):
     _raises("sample axis looks missing", path, [IMG])
 
 
-def test_extra_singleton_axis_is_refused(tmp_path):
+def test_full_shape_samples_of_batch_one_are_held_batched(tmp_path):
+    # [N, 1, 8, 8, 1] is N samples of the full input shape [1, 8, 8, 1]: the same samples as
+    # [N, 8, 8, 1], so they are held batched and fed together.
+    path = tmp_path / "full.npy"
+    x = np.random.default_rng(0).random((4, 1, 8, 8, 1)).astype(np.float32)
+    np.save(path, x)
+    data = load_dataset(path, [IMG])
+    assert data.inputs["image"].shape == (4, 8, 8, 1)
+    assert data.describe()["layouts"] == {"image": "batched"} and not data.one_at_a_time
+    np.testing.assert_array_equal(data.inputs["image"], x[:, 0])
+
+
+def test_extra_axis_is_refused(tmp_path):
     path = tmp_path / "extra.npy"
-    np.save(path, np.zeros((4, 1, 8, 8, 1), np.float32))
+    np.save(path, np.zeros((4, 1, 1, 8, 8, 1), np.float32))
     msg = _raises("shape mismatch", path, [IMG])
-    assert "[4, 1, 8, 8, 1]" in msg
+    assert "[4, 1, 1, 8, 8, 1]" in msg and "[?,8,8,1]" in msg
 
 
 def test_dynamic_dims_accept_any_size(tmp_path):
