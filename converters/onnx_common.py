@@ -138,13 +138,67 @@ def preprocess(model, workdir: Path, notes: list) -> Path:
             # the current directory when it fails: keep that litter in our work dir.
             with _cwd(workdir):
                 quant_pre_process(str(raw), str(out), skip_symbolic_shape=skip_symbolic)
-            if skip_symbolic:
-                notes.append("ORT symbolic shape inference failed; used ONNX shape inference")
-            return out
         except Exception as e:  # noqa: BLE001 - shape inference raises anything; we fall back
-            log.info("quant_pre_process(skip_symbolic_shape=%s) failed: %s", skip_symbolic, e)
+            log.info("quant_pre_process(skip_symbolic_shape=%s) failed: %s", skip_symbolic, e,
+                     exc_info=log.isEnabledFor(logging.DEBUG))
+            continue
+        if skip_symbolic:
+            notes.append("ORT symbolic shape inference failed; used ONNX shape inference")
+        _flatten_file_gemm_biases(out, notes)
+        return out
     notes.append("ORT pre-processing failed; quantized without it")
+    _flatten_file_gemm_biases(raw, notes)
     return raw
+
+
+def _flatten_file_gemm_biases(path: Path, notes: list) -> None:
+    """:func:`flatten_gemm_biases` on a model file, rewritten only when something changed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    changed = flatten_gemm_biases(model)
+    if changed:
+        onnx.save(model, str(path))
+        notes.append(f"{changed} Gemm bias(es) of shape [1, N] stored as [N] for quantization")
+
+
+def flatten_gemm_biases(model) -> int:
+    """Store each Gemm's constant bias ``C`` of shape ``[1, N]`` as ``[N]`` (same result).
+
+    ORT's pre-processing fuses ``MatMul`` + ``Add`` into a ``Gemm`` whose ``C`` keeps the Add's
+    broadcast shape; graphs from jax2tf / tf2onnx (``x @ W + b.reshape(1, -1)``) give ``[1, N]``.
+    ORT's per-channel static quantizer then indexes that bias per output channel and compares a
+    whole row with a scalar ("The truth value of an array with more than one element is
+    ambiguous"). Gemm broadcasts ``C`` to ``[M, N]``, so ``[N]`` computes the same output.
+    Top-level graph only; an initializer other nodes also read is copied, not changed in place.
+
+    Returns:
+        How many Gemm biases were rewritten.
+    """
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    readers: dict[str, int] = {}
+    for node in g.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    changed = 0
+    for node in g.node:
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        bias = inits[node.input[2]]
+        if len(bias.dims) != 2 or bias.dims[0] != 1:
+            continue
+        flat = numpy_helper.to_array(bias).reshape(-1)
+        if readers[bias.name] > 1:
+            name = f"{bias.name}_flat_{changed}"
+            g.initializer.append(numpy_helper.from_array(flat, name))
+            node.input[2] = name
+        else:
+            bias.CopyFrom(numpy_helper.from_array(flat, bias.name))
+        changed += 1
+    return changed
 
 
 @contextlib.contextmanager
