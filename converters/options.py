@@ -52,6 +52,11 @@ class ConvertOptions:
         max_accuracy_drop / min_top1_agreement / min_sqnr_db: the fidelity gate for quantized
             artifacts (accuracy points, fraction, dB); ``None`` everywhere = per-task defaults
             (``edgekit.gate``).
+        task: what the model's outputs are for (``edgekit.fidelity.tasks.Task`` values:
+            auto, classification, detection, segmentation, embedding, regression); ``auto``
+            detects it per output. The gate judges each output by its task's measure.
+        min_task_metric: the bar of the detection (F1), segmentation (mask IoU) or embedding
+            (cosine) measure for quantized artifacts; ``None`` = the task's default.
         repair: when a quantized artifact misses the gate, try cheaper calibration remedies, then
             keep the most sensitive ops in float until it passes (automatic mixed precision).
         symmetric_activations: onnx-int8 activations quantized symmetrically around zero.
@@ -88,6 +93,8 @@ class ConvertOptions:
     max_accuracy_drop: Optional[float] = None
     min_top1_agreement: Optional[float] = None
     min_sqnr_db: Optional[float] = None
+    task: str = "auto"
+    min_task_metric: Optional[float] = None
     repair: bool = False
     symmetric_activations: bool = False
     reduce_range: bool = False

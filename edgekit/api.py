@@ -11,7 +11,10 @@ import threading
 import warnings
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Union
+
+import numpy as np
 
 from converters.options import DEFAULT_CALIBRATION_SAMPLES, ConvertOptions
 from converters.registry import TargetInfo, check_target_for_source, get_target
@@ -63,7 +66,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
     for t in infos:
         check_target_for_source(t, "h5" if fmt == "h5" else fmt)
     out = _prepare_out(out)
-    src, calib, feeds, labels, reference = _prepare(source_path, infos, calibration, eval, options)
+    prep = _prepare(source_path, infos, calibration, eval, options)
 
     stem = source_path.stem if source_path.is_file() else source_path.name
     artifacts, failures = [], {}
@@ -72,7 +75,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
             emit("start", {"target": info.name})
             try:
                 final = out / f"{stem}.{info.name}.{info.format}"
-                art = _run_target(info, src, options, calib, final, feeds, reference, labels)
+                art = _run_target(info, prep, options, final)
             except (ConversionError, VerificationError) as e:
                 if interrupt.seen:
                     # Ctrl-C inside TensorFlow surfaces as a SystemError that the pass wraps: an
@@ -130,25 +133,89 @@ class _SigintWatch:
         return False
 
 
-def _prepare(source_path: Path, infos, calibration, eval, options):
+@dataclass
+class _Prepared:
+    """The loaded source, its data, and its outputs on the verification inputs."""
+
+    src: object
+    calib: object
+    feeds: dict
+    labels: object
+    reference: list
+    origin: str  # eval | calibration-holdout | calibration | synthetic
+
+
+def _prepare(source_path: Path, infos, calibration, eval, options) -> _Prepared:
     """Load the source and data, and run the source once on the verification inputs.
 
-    Returns:
-        (source, calibration Dataset or None, feeds, labels, reference outputs)
+    Without ``eval`` data, a part of the calibration data is held apart from the quantizer and
+    verification runs on it (``HOLDOUT_*``); with neither, on seeded made-up inputs.
     """
     src = load_source(source_path, input_shapes=options.input_shapes, allow_unsafe=options.allow_unsafe)
     needs_calib = [t.name for t in infos if t.needs_calibration]
-    calib = _load_data(calibration, src, "calibration", options) if calibration is not None else None
+    evalset = _load_data(eval, src, "eval", options) if eval is not None else None
+    holdout = None
+    if calibration is not None and evalset is None:
+        calib, holdout = _load_calibration_with_holdout(calibration, src, options)
+    else:
+        calib = _load_data(calibration, src, "calibration", options) if calibration is not None else None
     if needs_calib and calib is None:
         raise CalibrationError(
             f"target(s) {', '.join(needs_calib)} need calibration data: pass --calibration FILE "
             f"(.npz/.npy/.csv or an image folder; e.g. the shipped calibration_data/digits)")
-    evalset = _load_data(eval, src, "eval", options) if eval is not None else None
-    feeds, labels = _verification_data(src, evalset, calib)
+    feeds, labels, origin = _verification_data(src, evalset, calib, holdout)
     names = [t.name for t in src.inputs]
     reference = verify.run_batched(lambda xs: src.predict(dict(zip(names, xs))), feeds, names,
                                    chunk=_source_chunk(src))
-    return src, calib, feeds, labels, reference
+    return _Prepared(src, calib, feeds, labels, reference, origin)
+
+
+# Without --eval, this share of the calibration samples (at least HOLDOUT_MIN, at most HOLDOUT_MAX)
+# is held apart for verification: judging an artifact on the very samples that set its int8
+# ranges flatters it. Below 2 * HOLDOUT_MIN samples nothing is held apart (and the record says so).
+HOLDOUT_SHARE = 0.25
+HOLDOUT_MIN = 8
+HOLDOUT_MAX = 200
+
+
+def _load_calibration_with_holdout(data, src, options):
+    """(calibration set, held-out set or None) from one calibration source."""
+    from calibration_data import Dataset, load_dataset
+
+    if isinstance(data, Dataset):
+        full = data
+    else:
+        full = load_dataset(data, src.inputs, role="calibration")
+    total = len(full)
+    if total < 2 * HOLDOUT_MIN:
+        return _sample_calibration(full, options), None
+    k = int(min(HOLDOUT_MAX, max(HOLDOUT_MIN, round(HOLDOUT_SHARE * total))))
+    explicit = options.calibration_samples
+    if explicit is not None and total - k < explicit:
+        k = total - explicit  # the user's calibration count comes first
+        if k < HOLDOUT_MIN:
+            return _sample_calibration(full, options), None
+    rng = np.random.default_rng(0)
+    order = rng.permutation(total)
+    held, kept = np.sort(order[:k]), np.sort(order[k:])
+    return _sample_calibration(_subset(full, kept), options), _subset(full, held)
+
+
+def _subset(ds, idx):
+    """The samples ``idx`` of a data set, keeping where it came from and how it was laid out."""
+    import copy
+
+    out = copy.copy(ds)
+    out.inputs = {k: a[idx] for k, a in ds.inputs.items()}
+    out.labels = None if ds.labels is None else ds.labels[idx]
+    out._fingerprint = None
+    return out
+
+
+def _sample_calibration(ds, options):
+    explicit = options.calibration_samples is not None
+    n = options.calibration_samples if explicit else DEFAULT_CALIBRATION_SAMPLES
+    return ds.take(n, strict=explicit)
 
 
 def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
@@ -179,23 +246,66 @@ def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
         raise InputError(f"diagnose works on tflite-int8 and onnx-int8, not {target!r}")
     fmt = detect_format(source_path)
     check_target_for_source(info, fmt)
-    src, calib, feeds, labels, reference = _prepare(source_path, [info], calibration, eval, options)
+    prep = _prepare(source_path, [info], calibration, eval, options)
+    src, calib = prep.src, prep.calib
     with tempfile.TemporaryDirectory(prefix="edgekit-diagnose-") as wd:
         naive = Path(wd) / f"naive.{info.format}"
         with _quiet_tools():
             info.load()(src, options, calib, naive)
 
             def evaluate(path):
-                return _evaluate(info, path, src, feeds, reference, labels)
+                return _evaluate(info, path, prep, options)
 
             fid = evaluate(naive)[0]
             ranking = rank_groups(info, src, options, calib, naive, evaluate)
-    gate = gate_for(info.precision, fid, max_accuracy_drop=options.max_accuracy_drop,
-                    min_top1_agreement=options.min_top1_agreement, min_sqnr_db=options.min_sqnr_db)
+    gate = _gate(info, fid, options)
+    verdict = gate.check(fid)
     return {"source": str(source_path), "target": info.name, "naive": fid.to_dict(),
-            "gate": gate.to_dict(), "gate_misses": gate.misses(fid),
+            "gate": gate.to_dict(), "gate_misses": verdict.misses,
+            "gate_warnings": verdict.warnings,
             "ranking": [{"rank": i, "nodes": g["nodes"], "label": g["label"],
                          "score": float(g["score"])} for i, g in enumerate(ranking, 1)]}
+
+
+def evaluate_artifact(source, artifact, *, calibration=None, eval=None, task: str = "auto",
+                      quantized: bool = True, options: Optional[ConvertOptions] = None) -> dict:
+    """Measure any artifact file (one edgekit did not build, e.g. a raw tool's) against its
+    source the way ``convert`` does, and judge it with the gate of a quantized (or float) target.
+
+    Args:
+        source: the source model path.
+        artifact: a ``.tflite`` / ``.onnx`` file computing the same function.
+        calibration / eval: as for :func:`convert` (without ``eval``, calibration samples held
+            apart from quantization are used, as ``convert`` would).
+        task: the outputs' task (``edgekit.fidelity.tasks.Task`` values).
+        quantized: judge with the quantized gate (else the near-exact float gate).
+
+    Returns:
+        ``{"fidelity": dict, "gate": dict, "gate_misses": [...], "gate_warnings": [...]}``.
+
+    Raises:
+        InputError: bad model or data. VerificationError: the artifact does not load or run.
+    """
+    import dataclasses
+
+    from converters.registry import TargetInfo
+
+    options = dataclasses.replace(options or ConvertOptions(), task=task)
+    source_path, path = Path(source), Path(artifact)
+    for p in (source_path, path):
+        if not p.exists():
+            raise ModelLoadError(f"model not found: {p}")
+    prep = _prepare(source_path, [], calibration, eval, options)
+    fmt = path.suffix.lstrip(".")
+    info = TargetInfo(name=f"{fmt}-given", format=fmt, precision="int8" if quantized else "fp32",
+                      sources=frozenset(), needs_calibration=False, requires=(), options=(),
+                      module="", summary="a given artifact")
+    fid = _evaluate(info, path, prep, options)[0]
+    gate = _gate(info, fid, options)
+    verdict = gate.check(fid)
+    fid.warnings = list(fid.warnings) + verdict.warnings
+    return {"fidelity": fid.to_dict(), "gate": gate.to_dict(), "gate_misses": verdict.misses,
+            "gate_warnings": verdict.warnings}
 
 
 def _source_chunk(src) -> int:
@@ -205,7 +315,8 @@ def _source_chunk(src) -> int:
     return fixed.pop() if len(fixed) == 1 else 64
 
 
-def _run_target(info, src, options, calib, final: Path, feeds, reference, labels) -> Artifact:
+def _run_target(info, prep: _Prepared, options, final: Path) -> Artifact:
+    src, calib = prep.src, prep.calib
     started = time.perf_counter()
     with atomic_output(final) as tmp:
         with _quiet_tools():
@@ -213,35 +324,35 @@ def _run_target(info, src, options, calib, final: Path, feeds, reference, labels
         seconds = time.perf_counter() - started
 
         def evaluate(path):
-            return _evaluate(info, path, src, feeds, reference, labels)
+            return _evaluate(info, path, prep, options)
 
         fid, loaded_io, runtime = evaluate(tmp)
-        gate = gate_for(info.precision, fid, max_accuracy_drop=options.max_accuracy_drop,
-                        min_top1_agreement=options.min_top1_agreement, min_sqnr_db=options.min_sqnr_db)
-        misses = gate.misses(fid)
-        if misses and options.repair and info.precision in QUANTIZED:
+        gate = _gate(info, fid, options)
+        verdict = gate.check(fid)
+        repaired = False
+        if verdict.misses and options.repair and info.precision in QUANTIZED:
             from converters.repair import repair
 
             with _quiet_tools():
                 result, fid, loaded_io = repair(info, src, options, calib, tmp, evaluate, gate, fid)
-            misses = gate.misses(fid)
-        if misses:
-            hint = ("" if info.precision not in QUANTIZED or options.repair else
-                    "; try --auto-mixed-precision, or see `edgekit diagnose`")
-            if info.name == "onnx-int8" and not options.reduce_range:
-                from converters.onnx_common import host_int8_may_saturate
+            verdict = gate.check(fid)
+            repaired = bool(result.repair)
+        if verdict.misses:
+            raise VerificationError(_refusal(info, prep, options, fid, verdict, gate))
+        if repaired:
+            from edgekit.alternatives import check_repair_stays_quantized
 
-                if host_int8_may_saturate():
-                    hint += ("; this CPU has AVX2 without VNNI, where ONNX Runtime's int8 kernels "
-                             "saturate: --reduce-range avoids it")
-            raise VerificationError(f"missed the fidelity gate on {fid.samples} samples: "
-                                    + "; ".join(misses) + hint)
+            check_repair_stays_quantized(info, prep, options, tmp, fid, gate)
+        fid.warnings = list(fid.warnings) + verdict.warnings
+        for w in verdict.warnings:  # recorded in the fidelity; the CLI prints them under its table
+            log.info("%s: %s", info.name, w)
         from converters.content import check_artifact
 
         content = check_artifact(info, tmp)  # refuses a file whose precision is not its target's
         size, digest = tmp.stat().st_size, sha256_file(tmp)
     config = (result.options or options).subset(info.options)
     config["gate"] = gate.to_dict()
+    config["gate"]["task"] = options.task
     if result.repair:
         config["repair"] = result.repair
     if result.notes:
@@ -259,7 +370,7 @@ def _run_target(info, src, options, calib, final: Path, feeds, reference, labels
         content=content.to_dict() if content else None)
 
 
-def _evaluate(info, path, src, feeds, reference, labels):
+def _evaluate(info, path, prep: _Prepared, options):
     """Load an artifact file and measure its fidelity; returns (fidelity, (inputs, outputs), runtime)."""
     from device_agents.agent import load_model
 
@@ -268,8 +379,46 @@ def _evaluate(info, path, src, feeds, reference, labels):
     except Exception as e:  # noqa: BLE001 - any load failure means an unusable artifact
         raise VerificationError(f"the artifact does not load in "
                                 f"{_runtime_name(info.format)}: {e}") from e
-    fid = verify.fidelity(loaded, src, feeds, reference, labels)
+    fid = verify.fidelity(loaded, prep.src, prep.feeds, prep.reference, prep.labels,
+                          task=options.task, data_origin=prep.origin,
+                          precision_kind="quantized" if info.precision in QUANTIZED else "float")
+    if prep.origin == "calibration":
+        fid.warnings.append("verified on the calibration samples themselves (too few to hold "
+                            "any apart): pass --eval with real samples")
     return fid, (_specs(loaded.inputs), _specs(loaded.outputs)), {loaded.runtime: loaded.runtime_version}
+
+
+def _gate(info, fid, options):
+    return gate_for(info.precision, fid, max_accuracy_drop=options.max_accuracy_drop,
+                    min_top1_agreement=options.min_top1_agreement, min_sqnr_db=options.min_sqnr_db,
+                    min_task_metric=options.min_task_metric)
+
+
+def _refusal(info, prep, options, fid, verdict, gate) -> str:
+    """The one-line reason an artifact is refused, with what to do (and, for a quantized target,
+    a measured alternative)."""
+    msg = f"missed the fidelity gate on {fid.samples} {_origin_words(prep.origin)}: " + "; ".join(
+        verdict.misses)
+    if info.precision in QUANTIZED:
+        if not options.repair:
+            msg += "; try --auto-mixed-precision, or see `edgekit diagnose`"
+        if info.name == "onnx-int8" and not options.reduce_range:
+            from converters.onnx_common import host_int8_may_saturate
+
+            if host_int8_may_saturate():
+                msg += ("; this CPU has AVX2 without VNNI, where ONNX Runtime's int8 kernels "
+                        "saturate: --reduce-range avoids it")
+        from edgekit.alternatives import alternative_text
+
+        alt = alternative_text(info, prep, options)
+        if alt:
+            msg += "; " + alt
+    return msg
+
+
+def _origin_words(origin: str) -> str:
+    return {"eval": "eval samples", "calibration-holdout": "calibration samples held apart",
+            "calibration": "calibration samples", "synthetic": "made-up inputs"}.get(origin, "samples")
 
 
 @contextlib.contextmanager
@@ -329,12 +478,18 @@ def _load_data(data, src, role: str, options: ConvertOptions):
     return load_dataset(data, src.inputs, role=role)
 
 
-def _verification_data(src, evalset, calib):
-    data = evalset if evalset is not None else calib
-    if data is None:
-        log.warning("no --eval data: verifying on %d seeded random inputs", verify.SYNTHETIC_SAMPLES)
-        return verify.synthetic_feeds(src.inputs), None
-    return data.feeds(), data.labels  # keeps each input's layout
+def _verification_data(src, evalset, calib, holdout=None):
+    """(feeds, labels, origin) for verification: the eval data, else calibration samples held
+    apart, else the calibration samples, else seeded made-up inputs."""
+    for data, origin in ((evalset, "eval"), (holdout, "calibration-holdout"), (calib, "calibration")):
+        if data is not None:
+            if origin == "calibration-holdout":
+                log.info("no --eval data: verifying on %d calibration samples held apart from the "
+                         "quantizer", len(data))
+            return data.feeds(), data.labels, origin  # keeps each input's layout
+    log.info("no --eval data: verifying on %d seeded made-up inputs; the verdict is advisory "
+                "(pass --eval with real samples to judge)", verify.SYNTHETIC_SAMPLES)
+    return verify.synthetic_feeds(src.inputs), None, "synthetic"
 
 
 def inspect_artifact(path) -> dict:
@@ -348,4 +503,4 @@ def inspect_artifact(path) -> dict:
     return inspect_file(Path(path))
 
 
-__all__ = ["convert", "diagnose", "inspect_artifact", "EdgekitError"]
+__all__ = ["convert", "diagnose", "evaluate_artifact", "inspect_artifact", "EdgekitError"]

@@ -21,19 +21,73 @@ MANIFEST_VERSION = 1
 
 @dataclass
 class OutputFidelity:
-    """Closeness of one artifact output to the source's output on the eval set."""
+    """Closeness of one artifact output to the source's output on the eval set.
+
+    Attributes:
+        task: what the output is for (``edgekit.fidelity.tasks``): classification, detection,
+            segmentation, embedding, regression, integer, or ``passthrough`` / ``constant``
+            (not judged: the output repeats an input, or the source never varies it).
+        metric: the task's measure, ``{"name", "value", "ci": [lo, hi] | None, "samples"}``.
+        details: the task's other figures (recall/precision/mAP, top-5, min cosine...).
+        worst_slice: the worst group of indices along one axis (box coordinates vs scores...).
+        note: why an output is not judged.
+        nonfinite: NaN/Inf values in the artifact's output.
+        collapsed: the artifact gives one value for every sample while the source varies.
+    """
 
     name: str
     max_abs_error: float
     sqnr_db: float
+    task: Optional[str] = None
+    metric: Optional[dict] = None
+    details: dict = field(default_factory=dict)
+    worst_slice: Optional[dict] = None
+    note: Optional[str] = None
+    samples: Optional[int] = None
+    nonfinite: int = 0
+    collapsed: bool = False
+
+    @property
+    def judged(self) -> bool:
+        return self.task not in ("passthrough", "constant")
+
+    @property
+    def worst_sqnr_db(self) -> float:
+        """The lower of the whole output's SQNR and its worst slice's (when it has a signal)."""
+        s = (self.worst_slice or {}).get("sqnr_db")
+        return self.sqnr_db if s is None else min(self.sqnr_db, s)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "max_abs_error": self.max_abs_error, "sqnr_db": self.sqnr_db}
+        d = {"name": self.name, "max_abs_error": self.max_abs_error, "sqnr_db": self.sqnr_db}
+        extra = {"task": self.task, "metric": self.metric, "details": self.details or None,
+                 "worst_slice": self.worst_slice, "note": self.note, "samples": self.samples,
+                 "nonfinite": self.nonfinite or None, "collapsed": self.collapsed or None}
+        d.update({k: v for k, v in extra.items() if v is not None})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OutputFidelity":
+        return cls(d["name"], d["max_abs_error"], d["sqnr_db"], d.get("task"), d.get("metric"),
+                   d.get("details") or {}, d.get("worst_slice"), d.get("note"), d.get("samples"),
+                   d.get("nonfinite") or 0, bool(d.get("collapsed")))
 
 
 @dataclass
 class Fidelity:
-    """How closely an artifact reproduces its source on the eval set (the first output is ranked)."""
+    """How closely an artifact reproduces its source on the eval set.
+
+    Attributes:
+        samples: verification samples.
+        top1_agreement / accuracy / source_accuracy: of the first classification output.
+        max_abs_error / sqnr_db: worst over the judged outputs (whole outputs).
+        outputs: every output's record, each judged by its task.
+        task: the model's main task (the first judged output's; detection wins).
+        data_origin: ``eval`` (the user's eval data), ``calibration-holdout`` (calibration
+            samples held apart from the quantizer), ``calibration`` (the calibration samples
+            themselves: too few to hold any apart) or ``synthetic`` (made-up inputs).
+        warnings: what the figures cannot show (made-up inputs, too few samples, a constant
+            reference), in words for the user.
+    """
 
     samples: int
     top1_agreement: Optional[float]
@@ -42,6 +96,9 @@ class Fidelity:
     accuracy: Optional[float] = None
     source_accuracy: Optional[float] = None
     outputs: list[OutputFidelity] = field(default_factory=list)
+    task: Optional[str] = None
+    data_origin: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def accuracy_drop(self) -> Optional[float]:
@@ -49,8 +106,32 @@ class Fidelity:
             return None
         return self.source_accuracy - self.accuracy
 
+    @property
+    def main_output(self) -> Optional[OutputFidelity]:
+        """The output whose task is the model's task (the first judged one)."""
+        judged = [o for o in self.outputs if o.judged]
+        for o in judged:
+            if o.task == self.task:
+                return o
+        return judged[0] if judged else None
+
+    @property
+    def task_metric(self) -> Optional[dict]:
+        o = self.main_output
+        return None if o is None else o.metric
+
+    @property
+    def worst_slice(self) -> Optional[dict]:
+        """The lowest-SQNR slice over the judged outputs, with its output's name."""
+        cands = [(o.worst_sqnr_db, o) for o in self.outputs if o.judged and o.worst_slice
+                 and o.worst_slice.get("sqnr_db") is not None]
+        if not cands:
+            return None
+        _, o = min(cands, key=lambda c: c[0])
+        return {"output": o.name, **o.worst_slice}
+
     def to_dict(self) -> dict:
-        return {
+        d = {
             "samples": self.samples,
             "top1_agreement": self.top1_agreement,
             "max_abs_error": self.max_abs_error,
@@ -59,6 +140,15 @@ class Fidelity:
             "source_accuracy": self.source_accuracy,
             "outputs": [o.to_dict() for o in self.outputs],
         }
+        if self.task is not None:
+            d["task"] = self.task
+            d["task_metric"] = self.task_metric
+            d["worst_slice"] = self.worst_slice
+        if self.data_origin is not None:
+            d["data_origin"] = self.data_origin
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
+        return d
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> Optional["Fidelity"]:
@@ -66,7 +156,8 @@ class Fidelity:
             return None
         return cls(d["samples"], d["top1_agreement"], d["max_abs_error"], d["sqnr_db"],
                    d.get("accuracy"), d.get("source_accuracy"),
-                   [OutputFidelity(**o) for o in d.get("outputs", [])])
+                   [OutputFidelity.from_dict(o) for o in d.get("outputs", [])],
+                   d.get("task"), d.get("data_origin"), list(d.get("warnings") or []))
 
 
 @dataclass

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
+
+from typing import Optional
 
 import numpy as np
 
-from edgekit.artifact import Fidelity, OutputFidelity
+from edgekit.artifact import Fidelity
 from edgekit.errors import InputError, VerificationError
+from edgekit.fidelity.metrics import SQNR_CEILING_DB, sqnr_db  # noqa: F401 - the public names
 
 log = logging.getLogger(__name__)
 
-# SQNR of identical outputs is infinite; JSON has no infinity, so it is reported as this ceiling.
-SQNR_CEILING_DB = 200.0
 SYNTHETIC_SAMPLES = 32
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio of ``got`` against ``ref`` in dB (higher is closer)."""
-    ref = ref.astype(np.float64)
-    noise = float(np.sum((ref - got.astype(np.float64)) ** 2))
-    signal = float(np.sum(ref ** 2))
-    if noise == 0.0:
-        return SQNR_CEILING_DB
-    if signal == 0.0:
-        return -SQNR_CEILING_DB
-    return max(-SQNR_CEILING_DB, min(SQNR_CEILING_DB, 10.0 * math.log10(signal / noise)))
 
 
 def is_classifier_output(arr: np.ndarray) -> bool:
@@ -145,12 +133,29 @@ def match_inputs(source_inputs, artifact_inputs) -> list[str]:
     return src[:len(art)]
 
 
-def fidelity(loaded, source, feeds: dict, reference: list[np.ndarray], labels=None) -> Fidelity:
-    """Compare an artifact (a loaded agent model) with the source's outputs on the same inputs.
+def fidelity(loaded, source, feeds: dict, reference: list[np.ndarray], labels=None, *,
+             task="auto", precision_kind: str = "quantized",
+             data_origin: Optional[str] = None) -> Fidelity:
+    """Compare an artifact (a loaded agent model) with the source's outputs on the same inputs,
+    every output by its task (``edgekit.fidelity.tasks``).
+
+    Args:
+        loaded: the artifact, loaded by the device agent's ``load_model``.
+        source: the loaded source model (its I/O spec names the outputs).
+        feeds: the verification inputs, input name -> samples.
+        reference: the source's outputs on ``feeds``.
+        labels: class ids per sample, for a classification output's accuracy.
+        task: a ``Task`` (or its value) for the outputs whose shape allows it; ``"auto"``
+            detects each output's task.
+        precision_kind: ``"quantized"`` or ``"float"`` (how much error a flat slice may carry).
+        data_origin: where ``feeds`` came from (recorded, and read by the gate).
 
     Raises:
         VerificationError: the artifact fails to run or its outputs do not line up with the source's.
     """
+    from edgekit.fidelity.tasks import (Task, judge_detection_pair, judge_output, ssd_pairs)
+
+    task = Task(task) if not isinstance(task, Task) else task
     names = match_inputs(source.inputs, loaded.inputs)
     try:
         got_all = run_batched(loaded.run_float, feeds, names)
@@ -161,24 +166,37 @@ def fidelity(loaded, source, feeds: dict, reference: list[np.ndarray], labels=No
         raise VerificationError(f"artifact has {len(got_all)} outputs, source has {len(reference)}")
     per_output = []
     for o, ref, idx in zip(source.outputs, reference, order):
-        got = got_all[idx].astype(np.float32).reshape(ref.shape) if got_all[idx].size == ref.size \
-            else None
+        got = got_all[idx].reshape(ref.shape) if got_all[idx].size == ref.size else None
         if got is None:
             raise VerificationError(
                 f"output {o.name!r}: artifact shape {got_all[idx].shape} differs from source {ref.shape}")
-        per_output.append((o.name, ref, got))
-    first_ref, first_got = per_output[0][1], per_output[0][2]
-    classifier = is_classifier_output(first_ref)
-    agreement = accuracy = source_accuracy = None
-    if classifier:
-        agreement = float(np.mean(np.argmax(first_ref, -1) == np.argmax(first_got, -1)))
-        if labels is not None:
-            labels = np.asarray(labels).reshape(-1)
-            accuracy = float(np.mean(np.argmax(first_got, -1) == labels))
-            source_accuracy = float(np.mean(np.argmax(first_ref, -1) == labels))
-    outs = [OutputFidelity(name, float(np.max(np.abs(ref - got))) if ref.size else 0.0,
-                           sqnr_db(ref, got)) for name, ref, got in per_output]
-    return Fidelity(samples=int(first_ref.shape[0]), top1_agreement=agreement,
-                    max_abs_error=max(o.max_abs_error for o in outs),
-                    sqnr_db=min(o.sqnr_db for o in outs), accuracy=accuracy,
-                    source_accuracy=source_accuracy, outputs=outs)
+        per_output.append((o.name, np.asarray(ref), got))
+    outs, labels_used = [], False
+    for name, ref, got in per_output:
+        of = judge_output(name, ref, got, task=task, precision_kind=precision_kind, inputs=feeds,
+                          labels=None if labels_used else labels)
+        if of.task == "classification" and labels is not None:
+            labels_used = True
+        outs.append(of)
+    if task in (Task.AUTO, Task.DETECTION):
+        for bi, si in ssd_pairs([(n, r) for n, r, _ in per_output]):
+            if outs[si].task == "detection":
+                continue
+            metric, details = judge_detection_pair(per_output[bi][1], per_output[bi][2],
+                                                   per_output[si][1], per_output[si][2])
+            outs[si].task, outs[si].metric, outs[si].details = "detection", metric, details
+            outs[bi].task, outs[bi].metric = "detection", None
+            outs[bi].note = f"boxes of the detection head judged with {outs[si].name!r}"
+    judged = [o for o in outs if o.judged] or outs
+    first_cls = next((o for o in outs if o.task == "classification"), None)
+    agreement = first_cls.metric["value"] if first_cls else None
+    accuracy = first_cls.details.get("accuracy") if first_cls else None
+    source_accuracy = first_cls.details.get("source_accuracy") if first_cls else None
+    tasks = [o.task for o in outs if o.judged]
+    main = "detection" if "detection" in tasks else (tasks[0] if tasks else None)
+    return Fidelity(samples=int(per_output[0][1].shape[0]) if per_output[0][1].ndim else 1,
+                    top1_agreement=agreement,
+                    max_abs_error=max(o.max_abs_error for o in judged),
+                    sqnr_db=min(o.sqnr_db for o in judged), accuracy=accuracy,
+                    source_accuracy=source_accuracy, outputs=outs, task=main,
+                    data_origin=data_origin)

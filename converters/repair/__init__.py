@@ -38,9 +38,11 @@ class Attempt:
     io: tuple
     path: Path
     misses: list
+    margin: float = 0.0
 
     def score(self):
-        return (len(self.misses), -(self.fidelity.accuracy or 0.0), -self.fidelity.sqnr_db)
+        """Fewest gate misses first, then the widest margin on the gate's own measures."""
+        return (len(self.misses), -self.margin)
 
 
 def cheaper_remedies(info, options) -> list:
@@ -179,7 +181,7 @@ def _attempt(info, src, opts, calib, out_path, evaluate, gate, description):
         return None
     misses = gate.misses(fid)
     log.info("repair attempt %r: %s", description, "; ".join(misses) or "meets the gate")
-    return Attempt(description, opts, result, fid, io, path, misses)
+    return Attempt(description, opts, result, fid, io, path, misses, gate.margin(fid))
 
 
 def host_latency_ms(paths, rounds: int = 5, runs: int = 20) -> list:
@@ -210,6 +212,13 @@ def host_latency_ms(paths, rounds: int = 5, runs: int = 20) -> list:
     return [float(np.median(s)) / 1e6 for s in samples]
 
 
+def _measure_text(fid) -> str:
+    from edgekit.fidelity.tasks import metric_text
+
+    main = fid.main_output if getattr(fid, "outputs", None) else None
+    return metric_text(main.metric) if main is not None and main.metric else f"SQNR {fid.sqnr_db:.1f} dB"
+
+
 def _adopt(att: Attempt, attempts, out_path: Path, naive_fidelity, groups):
     naive_bytes = Path(out_path).stat().st_size
     try:
@@ -233,7 +242,7 @@ def _adopt(att: Attempt, attempts, out_path: Path, naive_fidelity, groups):
         + f"; {len(result.float_ops)} ops kept in float; size {size_cost:.2f}x the naive artifact"
         + (f", host p50 {chosen_ms / naive_ms:.2f}x" if naive_ms else ""),
         "attempts: " + "; ".join(f"{a.description} -> "
-                                 + ("pass" if not a.misses else f"SQNR {a.fidelity.sqnr_db:.1f} dB")
+                                 + ("pass" if not a.misses else _measure_text(a.fidelity))
                                  for a in attempts)]
     result.repair = {"chosen": att.description, "options": {
         "calibration_method": att.options.calibration_method.value,
@@ -242,5 +251,6 @@ def _adopt(att: Attempt, attempts, out_path: Path, naive_fidelity, groups):
         "naive_fidelity": naive_fidelity.to_dict(), "size_vs_naive": size_cost,
         "host_p50_ms": {"naive": naive_ms, "repaired": chosen_ms},
         "attempts": [{"description": a.description, "misses": a.misses,
-                      "sqnr_db": a.fidelity.sqnr_db, "accuracy": a.fidelity.accuracy} for a in attempts]}
+                      "sqnr_db": a.fidelity.sqnr_db, "accuracy": a.fidelity.accuracy,
+                      "measure": _measure_text(a.fidelity), "margin": a.margin} for a in attempts]}
     return result, att.fidelity, att.io

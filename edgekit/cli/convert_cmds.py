@@ -50,6 +50,14 @@ def _split_targets(value):
               help="Fidelity gate: top-1 agreement with the source on the eval set.")
 @click.option("--min-sqnr", type=float, default=None, metavar="DB",
               help="Fidelity gate: worst output SQNR in dB against the source.")
+@click.option("--task", type=click.Choice(["auto", "classification", "detection", "segmentation",
+                                          "embedding", "regression"]),
+              default="auto", show_default=True,
+              help="What the outputs are for; the gate judges each output by its task's measure "
+                   "(auto: detected per output).")
+@click.option("--min-task-metric", type=click.FloatRange(0, 1), default=None, metavar="VALUE",
+              help="Fidelity gate for quantized artifacts: detection F1, segmentation mask IoU or "
+                   "embedding cosine (default: the task's).")
 @click.option("--auto-mixed-precision", "repair", is_flag=True,
               help="When a quantized artifact misses the gate, try better calibration, then keep the "
                    "most sensitive ops in float until it passes.")
@@ -63,7 +71,7 @@ def _split_targets(value):
 def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_method, percentile,
                 per_tensor, reduce_range, unsigned_activations, opset, input_shapes,
                 calibration_samples, allow_unsafe, max_accuracy_drop, min_agreement, min_sqnr,
-                repair, recipe_file, train, as_json):
+                task, min_task_metric, repair, recipe_file, train, as_json):
     """Convert MODEL to TFLite/ONNX artifacts, verify each against MODEL, write a manifest."""
     from converters.options import CalibrationMethod, ConvertOptions
     from converters.registry import targets_for
@@ -78,6 +86,7 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
                  "--calibration-samples": calibration_samples,
                  "--max-accuracy-drop": max_accuracy_drop, "--min-agreement": min_agreement,
                  "--min-sqnr": min_sqnr, "--auto-mixed-precision": repair,
+                 "--min-task-metric": min_task_metric,
                  "--calibration-method": calibration_method != "minmax"}
         _replay_recipe(model, recipe_file, calibration, eval_, out, input_shapes, allow_unsafe,
                        [k for k, v in given.items() if v not in (None, False)], as_json, train)
@@ -96,7 +105,8 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
         unsigned_activations=unsigned_activations, opset=opset or defaults.opset,
         input_shapes=parse_input_shapes(input_shapes), calibration_samples=calibration_samples,
         allow_unsafe=allow_unsafe, max_accuracy_drop=max_accuracy_drop,
-        min_top1_agreement=min_agreement, min_sqnr_db=min_sqnr, repair=repair)
+        min_top1_agreement=min_agreement, min_sqnr_db=min_sqnr, repair=repair, task=task,
+        min_task_metric=min_task_metric)
     names = _split_targets(targets)
     if names is None:
         if not model.exists():
@@ -127,8 +137,9 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
         emit_json({"out": str(out), "artifacts": [a.to_dict() for a in artifacts],
                    "failures": failed})
     else:
-        if artifacts:
-            console.print(artifact_table(artifacts))
+        if artifacts or failed:
+            console.print(artifact_table(artifacts, failed))
+            print_fidelity_notes(artifacts)
     if failed:  # the error line names every failed target and why: one line, not one per target
         raise error
 
@@ -163,20 +174,62 @@ def _replay_recipe(model, recipe_file, calibration, eval_, out, input_shapes, al
         console.print(f"note: {note}", highlight=False, markup=False)
 
 
-def artifact_table(artifacts) -> Table:
-    """A table of artifacts with size relative to the first fp32 one and fidelity figures."""
+def artifact_table(artifacts, failed=None) -> Table:
+    """A table of artifacts with size relative to the first fp32 one and fidelity figures: each
+    artifact's task measure (the main output's), its worst SQNR (worst slice of any judged
+    output), accuracy with labels; targets that failed are rows too."""
     base = next((a.bytes for a in artifacts if a.precision == "fp32"), None)
     table = Table(title="artifacts")
-    for col in ("target", "size", "×fp32", "agree", "acc", "src acc", "SQNR", "sec"):
-        table.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
+    for col in ("target", "size", "×fp32", "task", "measure", "worst dB", "acc", "sec"):
+        table.add_column(col, justify="left" if col in ("target", "task", "measure") else "right",
+                         no_wrap=col != "measure")
     for a in artifacts:
         f = a.fidelity
         table.add_row(
             a.target, _size(a.bytes), f"{a.bytes / base:.2f}" if base else "-",
-            _pct(f.top1_agreement if f else None), _pct(f.accuracy if f else None),
-            _pct(f.source_accuracy if f else None), f"{f.sqnr_db:.1f}" if f else "-",
+            (f.task or "-") if f else "-", short_measure(f), _worst_db(f),
+            _pct(f.accuracy if f else None),
             f"{a.conversion_seconds:.1f}" if a.conversion_seconds is not None else "-")
+    for name in failed or {}:
+        table.add_row(name, "-", "-", "-", "[red]failed[/red]", "-", "-", "-")
     return table
+
+
+_SHORT = {"top1_agreement": ("agree", "pct"), "exact_match": ("exact", "pct"),
+          "detection_f1": ("F1", 3), "mask_iou": ("IoU", 3), "cosine": ("cos", 4),
+          "sqnr_db": ("SQNR", 1)}
+
+
+def short_measure(f) -> str:
+    """The main output's task measure in a few characters (``F1 0.976``, ``agree 99.5%``)."""
+    m = f.task_metric if f is not None else None
+    if not m or m.get("value") is None:
+        return "cannot judge" if f is not None and f.outputs and f.main_output is None else "-"
+    word, fmt = _SHORT.get(m["name"], (m["name"], 3))
+    v = m["value"]
+    return f"{word} {100 * v:.1f}%" if fmt == "pct" else f"{word} {v:.{fmt}f}"
+
+
+def _worst_db(f) -> str:
+    if f is None:
+        return "-"
+    judged = [o for o in f.outputs if o.judged] if f.outputs else []
+    worst = min((o.worst_sqnr_db for o in judged), default=f.sqnr_db)
+    return f"{worst:.1f}"
+
+
+def print_fidelity_notes(artifacts) -> None:
+    """Where the verdicts come from (the data) and what they cannot show (warnings)."""
+    origins = {a.fidelity.data_origin for a in artifacts if a.fidelity and a.fidelity.data_origin}
+    words = {"calibration-holdout": "calibration samples held apart from the quantizer (no --eval)",
+             "calibration": "the calibration samples themselves (too few to hold any apart)",
+             "synthetic": "made-up inputs: verdicts are advisory; pass --eval with real samples"}
+    for o in sorted(origins & set(words)):
+        n = next(a.fidelity.samples for a in artifacts if a.fidelity and a.fidelity.data_origin == o)
+        console.print(f"verified on {n} {words[o]}", highlight=False, markup=False)
+    for a in artifacts:
+        for w in (a.fidelity.warnings if a.fidelity else []):
+            console.print(f"warning: {a.target}: {w}", highlight=False, markup=False)
 
 
 def _pct(v):
