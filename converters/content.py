@@ -169,7 +169,7 @@ def check_artifact(target_info, path) -> Optional[ArtifactContent]:
     try:
         content = audit_artifact(path, target_info.format)
     except ModelLoadError as e:
-        raise VerificationError(f"{target_info.name}: cannot count what the artifact holds: {e}") from e
+        raise VerificationError(f"cannot count what the artifact holds: {e}") from e
     reason = precision_mismatch(target_info, content)
     if reason:
         raise VerificationError(reason)
@@ -185,23 +185,25 @@ def _int8_mismatch(name: str, precision: str, c: ArtifactContent) -> Optional[st
             "bytes", 0)
         if has_int8 or not floats:
             return None
-        return (f"{name}: the artifact holds no int8 tensor and no quantized op (float weights: "
+        return (f"the artifact holds no int8 tensor and no quantized op (float weights: "
                 f"{floats} bytes): {fix}")
     if not c.int8_weight_tensors:
-        return (f"{name}: the artifact holds no int8 weight tensor (0 of {c.weight_tensors} "
+        return (f"the artifact holds no int8 weight tensor (0 of {c.weight_tensors} "
                 f"weight tensors are int8; {_describe_weights(c)}): {fix}")
     if precision in DYNAMIC_PRECISIONS:
         share = c.weight_share(INT8_DTYPES)
         if share < MIN_INT8_WEIGHT_SHARE:
-            return (f"{name}: only {share:.0%} of the weight parameters are stored as int8 "
+            return (f"only {share:.0%} of the weight parameters are stored as int8 "
                     f"(at least {MIN_INT8_WEIGHT_SHARE:.0%} expected; {_describe_weights(c)}): {fix}")
         return None
     int8_share = 1.0 - float_compute_share(c)
     if int8_share < MIN_INT8_COMPUTE_SHARE:
         what = "MACs" if c.basis == "macs" else "compute weight parameters"
-        return (f"{name}: only {int8_share:.0%} of the {what} run in int8 (at least "
+        return (f"only {int8_share:.0%} of the {what} run in int8 (at least "
                 f"{MIN_INT8_COMPUTE_SHARE:.0%} expected; {c.op_kinds.get('float_compute', 0)} "
-                f"compute ops run in float): the artifact is mostly a float model; {fix}")
+                f"compute ops run in float): too many ops are kept in float for {name}; relax the gate "
+                f"(--min-sqnr, --max-accuracy-drop), fine-tune for int8 (`edgekit qat`), or use "
+                f"{_fp16_target(name)}")
     return None
 
 
@@ -210,12 +212,12 @@ def _fp16_mismatch(name: str, c: ArtifactContent) -> Optional[str]:
            "weights to store as float16")
     if not c.weight_tensors:
         if c.tensors.get("float32", {}).get("bytes", 0) and "float16" not in c.tensors:
-            return f"{name}: the artifact holds no float16 tensor (float32 weights only): {fix}"
+            return f"the artifact holds no float16 tensor (float32 weights only): {fix}"
         return None
     share = c.weight_share({"float16"})
     if share < MIN_FP16_WEIGHT_SHARE:
-        return (f"{name}: only {share:.0%} of the weight parameters are stored as float16 (at "
-                f"least {MIN_FP16_WEIGHT_SHARE:.0%} expected; {_describe_weights(c)}): {fix}")
+        return (f"only {share:.0%} of the weight parameters are stored as float16 (at least "
+                f"{MIN_FP16_WEIGHT_SHARE:.0%} expected; {_describe_weights(c)}): {fix}")
     return None
 
 
@@ -233,9 +235,12 @@ def _describe_weights(c: ArtifactContent) -> str:
 
 
 def _fix(name: str) -> str:
-    fmt = name.split("-")[0]
     return (f"the {name} pass did not quantize this model; convert from its float "
-            f"Keras/SavedModel/ONNX source, or use {fmt}-fp16 for a smaller float artifact")
+            f"Keras/SavedModel/ONNX source, or use {_fp16_target(name)} for a smaller float artifact")
+
+
+def _fp16_target(name: str) -> str:
+    return f"{name.split('-')[0]}-fp16"
 
 
 # ---------------------------------------------------------------------------------------------

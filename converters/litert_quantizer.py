@@ -27,22 +27,42 @@ def quantize_tflite(source, out_path: Path, recipe_name: str, calibration=None) 
         InputError: ai-edge-quantizer is not installed.
         ConversionError: the quantizer failed on this model.
     """
+    return quantize_tflite_file(source.path, out_path, recipe_name, calibration)
+
+
+def quantize_tflite_file(path: Path, out_path: Path, recipe_name: str,
+                         calibration=None) -> PassResult:
+    """``quantize_tflite`` on a float .tflite file.
+
+    Args:
+        path: the float .tflite model (float16 weights behind DEQUANTIZE are folded first).
+        out_path: where the quantized model is written.
+        recipe_name: a function of ``ai_edge_quantizer.recipe``.
+        calibration: a ``calibration_data.Dataset`` for recipes that calibrate.
+
+    Returns:
+        The pass result (the quantizer's version, what was done in notes).
+
+    Raises:
+        InputError: ai-edge-quantizer is not installed.
+        ConversionError: the quantizer failed on this model.
+    """
     try:
-        from ai_edge_quantizer import __name__ as _aeq  # noqa: F401
         from ai_edge_quantizer import quantizer, recipe
     except ImportError as e:
         raise InputError("quantizing a .tflite source needs the LiteRT quantizer: "
                          "pip install ai-edge-quantizer (or convert from the Keras/ONNX source)") from e
     from ai_edge_litert.interpreter import Interpreter
 
-    signatures = list(Interpreter(model_path=str(source.path)).get_signature_list())
+    path = Path(path)
+    signatures = list(Interpreter(model_path=str(path)).get_signature_list())
     with tempfile.TemporaryDirectory(prefix="edgekit-litert-") as wd:
-        model_path, folded = _float32_weights(source.path, Path(wd))
-        _run(quantizer, recipe, recipe_name, model_path, source, signatures, calibration,
+        model_path, folded = _float32_weights(path, Path(wd))
+        _run(quantizer, recipe, recipe_name, model_path, path.name, signatures, calibration,
              out_path)
     from importlib.metadata import version
 
-    notes = [f"LiteRT quantizer recipe {recipe_name} on a .tflite source"]
+    notes = [f"LiteRT quantizer recipe {recipe_name} on a .tflite model"]
     if folded:
         notes.append(f"{folded} float16 weights behind DEQUANTIZE folded back to float32 "
                      f"constants before quantizing")
@@ -62,7 +82,7 @@ def _float32_weights(path: Path, workdir: Path) -> tuple[Path, int]:
     return out, folded
 
 
-def _run(quantizer, recipe, recipe_name, model_path, source, signatures, calibration, out_path):
+def _run(quantizer, recipe, recipe_name, model_path, name, signatures, calibration, out_path):
     """Quantize ``model_path`` with the recipe (calibrating when it needs to) into ``out_path``."""
     try:
         qt = quantizer.Quantizer(str(model_path))
@@ -70,7 +90,7 @@ def _run(quantizer, recipe, recipe_name, model_path, source, signatures, calibra
         with contextlib.redirect_stdout(io.StringIO()):
             if qt.need_calibration:
                 if not signatures:
-                    raise ConversionError(f"{source.path.name} has no signature; the LiteRT quantizer "
+                    raise ConversionError(f"{name} has no signature; the LiteRT quantizer "
                                           f"calibrates through signatures")
                 samples = [dict(b) for b in calibration.batches(1)]
                 result = qt.quantize(qt.calibrate({signatures[0]: samples}))
@@ -80,7 +100,7 @@ def _run(quantizer, recipe, recipe_name, model_path, source, signatures, calibra
     except ConversionError:
         raise
     except Exception as e:  # noqa: BLE001 - the quantizer raises anything on unsupported graphs
-        raise ConversionError(f"LiteRT quantizer ({recipe_name}) failed on {source.path.name}: "
+        raise ConversionError(f"LiteRT quantizer ({recipe_name}) failed on {name}: "
                               f"{_first_line(e)}") from e
 
 

@@ -94,7 +94,7 @@ def test_tflite_dynamic_keeps_the_small_weights_float_and_is_still_mostly_int8(d
     assert precision_mismatch(get_target("tflite-dynamic"), c) is None
     # ...but as a full-integer target that file would be mostly float, and is refused
     reason = precision_mismatch(get_target("tflite-int8"), c)
-    assert reason.startswith(f"tflite-int8: only {FC1_PARAMS / DIGITS_MACS:.0%} of the MACs run "
+    assert reason.startswith(f"only {FC1_PARAMS / DIGITS_MACS:.0%} of the MACs run "
                              f"in int8 (at least {MIN_INT8_COMPUTE_SHARE:.0%} expected")
     assert "\n" not in reason
 
@@ -107,9 +107,11 @@ def test_a_pass_that_writes_float16_under_a_dynamic_int8_name_is_refused(digits_
     with pytest.raises(ConversionError) as e:
         convert(digits_cnn.keras, [liar], eval=digits_cnn.eval, out=tmp_path)
     reason = e.value.failures["tflite-dynamic"]
-    assert reason.startswith("tflite-dynamic: the artifact holds no int8 weight tensor (0 of 3 "
-                             "weight tensors are int8; 3 are float16 behind Dequantize): ")
-    assert "fp16" in reason.split("): ", 1)[1] and "\n" not in reason
+    assert reason.startswith("the artifact holds no int8 weight tensor (0 of 3 weight tensors are "
+                             "int8; 3 are float16 behind Dequantize): ")
+    assert "tflite-fp16" in reason.split("): ", 1)[1] and "\n" not in reason
+    # convert names the target in front of each failure, once
+    assert str(e.value) == f"1 of 1 targets failed: tflite-dynamic: {reason}"
     assert not any(tmp_path.iterdir())  # nothing written: no artifact, no manifest
 
 
@@ -120,7 +122,7 @@ def test_a_mostly_float_int8_file_is_refused_through_convert(digits_cnn, tmp_pat
     with pytest.raises(ConversionError) as e:
         convert(digits_cnn.keras, [liar], calibration=digits_cnn.calibration,
                 eval=digits_cnn.eval, out=tmp_path)
-    assert e.value.failures["tflite-int8"].startswith("tflite-int8: only 45% of the MACs run in int8")
+    assert e.value.failures["tflite-int8"].startswith("only 45% of the MACs run in int8")
     assert not (tmp_path / "digits.tflite-int8.tflite").exists()
 
 
@@ -128,9 +130,9 @@ def test_check_artifact_raises_a_one_line_verification_error(digits_build):
     with pytest.raises(VerificationError) as e:
         check_artifact(get_target("onnx-int8"), digits_build.artifacts["onnx-fp32"].path)
     assert e.value.exit_code == 1
-    assert str(e.value).startswith("onnx-int8: the artifact holds no int8 weight tensor (0 of 3 "
+    assert str(e.value).startswith("the artifact holds no int8 weight tensor (0 of 3 "
                                    "weight tensors are int8; 3 are float32)")
-    with pytest.raises(VerificationError, match=r"^onnx-fp16: only 0% of the weight parameters "
+    with pytest.raises(VerificationError, match=r"^only 0% of the weight parameters "
                                                 r"are stored as float16"):
         check_artifact(get_target("onnx-fp16"), digits_build.artifacts["onnx-fp32"].path)
     assert check_artifact(get_target("ort"), digits_build.artifacts["ort"].path) is None
@@ -157,7 +159,7 @@ def test_weight_only_int8_onnx_runs_in_float(tmp_path):
     assert (c.int8_compute, c.float_compute, c.basis) == (0, 16, "macs")
     assert precision_mismatch(get_target("onnx-dynamic"), c) is None  # int8 storage: its promise
     assert precision_mismatch(get_target("onnx-int8"), c).startswith(
-        "onnx-int8: only 0% of the MACs run in int8")
+        "only 0% of the MACs run in int8")
 
 
 def test_fold_fp16_weights_restores_float32_constants_exactly(digits_build, tmp_path):
@@ -209,3 +211,21 @@ def test_the_manifest_round_trips_the_counts_and_older_manifests_still_validate(
     for entry in doc["artifacts"]:
         del entry["content"]
     validate_manifest(doc)  # a manifest written before the counts existed
+
+
+def test_tflite_dynamic_of_a_model_too_small_for_the_converters_floor_is_still_int8(
+        sequence_model, tmp_path):
+    """The TFLite converter keeps weights under 1024 elements in float: the sequence model's only
+    compute weight (16x10) would stay float32 under a dynamic-int8 name. The pass quantizes the
+    float32 conversion with the LiteRT quantizer instead."""
+    from edgekit.api import convert
+
+    art, = convert(sequence_model.keras, ["tflite-dynamic"], eval=sequence_model.eval,
+                   out=tmp_path)
+    c = audit_artifact(art.path)
+    assert c.weights == {"int8": {"count": 1, "params": 160, "dequantized": 0}}
+    assert c.op_kinds["quantized"] == 1 and float_compute_share(c) == 0.0
+    assert art.pass_config["notes"][0].startswith("the TFLite converter stored 0% of the weight "
+                                                  "parameters as int8")
+    assert "ai-edge-quantizer" in art.tools and "tensorflow" in art.tools
+    assert art.fidelity.top1_agreement >= 0.97
