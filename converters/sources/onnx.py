@@ -62,8 +62,17 @@ class OnnxSource(Source):
 
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            self._session = ort.InferenceSession(self.model.SerializeToString(), opts,
-                                                 providers=["CPUExecutionProvider"])
+            try:
+                self._session = ort.InferenceSession(self.model.SerializeToString(), opts,
+                                                     providers=["CPUExecutionProvider"])
+            except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                # Pinned dims are written into the graph, where ORT's shape inference checks
+                # every branch of an If, even one the data never takes (Silero VAD's 8 kHz one).
+                raise ModelLoadError(
+                    f"ONNX Runtime cannot load {self.path.name}: {first}; if dims were pinned "
+                    "with --input-shape, they may not fit every branch of the graph: give "
+                    "--calibration/--eval data instead of pinning") from e
         return self._session
 
     def predict(self, feeds):
