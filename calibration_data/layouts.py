@@ -148,6 +148,43 @@ def normalize(array: np.ndarray, spec: TensorSpec, layout: Layout) -> tuple[np.n
     return array, layout
 
 
+def sample_batch(array: np.ndarray, spec: TensorSpec, layout: Layout) -> int | None:
+    """The batch size each sample of this input carries, where the spec tells the batch axis.
+
+    Batched data carry 1 per sample; full-shape data the size of the batch axis: the first
+    one when it leads, else the input's only dynamic dim. ``None`` where it cannot be told
+    (a scalar, or several dynamic dims).
+    """
+    if Layout(layout) is Layout.BATCHED:
+        return 1
+    if batch_first(spec):
+        return int(array.shape[1])
+    dynamic = [i for i, d in enumerate(spec.shape) if d is None]
+    return int(array.shape[1 + dynamic[0]]) if len(dynamic) == 1 else None
+
+
+def check_batch_agreement(
+    arrays: Mapping[str, np.ndarray], layouts: Mapping[str, Layout], spec: list[TensorSpec], *,
+    role: str, path: Path | str | None,
+) -> None:
+    """Refuse full-shape samples whose batch differs between inputs (the model would fail on
+    them, far from the file that caused it).
+
+    Raises:
+        CalibrationError: naming each input's batch per sample.
+    """
+    by_name = {s.name: s for s in spec}
+    batches = {name: sample_batch(a, by_name[name], layouts.get(name, Layout.BATCHED))
+               for name, a in arrays.items() if name in by_name}
+    known = {k: v for k, v in batches.items() if v is not None}
+    if len(set(known.values())) <= 1:
+        return
+    found = ", ".join(f"'{k}' {v}" for k, v in known.items())
+    raise data_error(role, path, f"inputs disagree on the batch each sample carries: {found}",
+                     hint="give every input the same batch per sample (batched inputs carry 1, "
+                          "so stack full-shape samples of batch 1, e.g. state [N,2,1,128])")
+
+
 def one_at_a_time(layouts: Mapping[str, Layout]) -> bool:
     """Whether samples must be fed one by one (some input holds full-shape samples)."""
     return any(Layout(v) is Layout.FULL_SHAPE for v in layouts.values())
@@ -193,5 +230,5 @@ class SampleFeeds(dict):
         return SampleFeeds({k: a[index] for k, a in self.items()}, self.layouts)
 
 
-__all__ = ["Layout", "SampleFeeds", "accepted_shapes", "batch_first", "detect_layout",
-           "normalize", "one_at_a_time", "sample_feed"]
+__all__ = ["Layout", "SampleFeeds", "accepted_shapes", "batch_first", "check_batch_agreement",
+           "detect_layout", "normalize", "one_at_a_time", "sample_batch", "sample_feed"]

@@ -26,6 +26,7 @@ from edgekit.spec import TensorSpec, format_shape
 
 from .dataset import Dataset
 from .errors import data_error
+from .layouts import Layout, check_batch_agreement
 from .preprocess import ImagePreprocess
 from .validate import check_input_layout
 
@@ -98,6 +99,8 @@ def load_dataset(
     for s in spec:
         inputs[s.name], layouts[s.name] = check_input_layout(
             raw[s.name], s, role=role, path=path, integral_floats_ok=integral_ok)
+    if any(v is not Layout.BATCHED for v in layouts.values()):
+        check_batch_agreement(inputs, layouts, spec, role=role, path=path)
     data = Dataset(inputs, labels, path=path, role=role, layouts=layouts)
     if samples is not None:
         data = data.take(samples, seed, strict=strict_samples)
