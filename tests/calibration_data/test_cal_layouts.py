@@ -1,7 +1,7 @@
 """Data for models whose batch axis is not first, and for scalar inputs.
 
 A streaming model built here with onnx.helper (fixed seeded weights) has the inputs of a
-voice-activity model: ``input [batch, 64]``, a recurrent ``state [2, batch, 16]`` and a scalar
+voice-activity model: ``input [batch, 64]``, a recurrent ``state [2, batch, 64]`` and a scalar
 int64 ``sr``. Its data are digits rows fed as a stream: every sample carries the state the model
 left after the sample before it, so calibration sees the states the model really reaches.
 The same is then done on the real Silero VAD model with synthesised speech.
@@ -28,7 +28,7 @@ from edgekit.api import convert
 from edgekit.errors import CalibrationError, ConversionError, InputError
 from edgekit.spec import TensorSpec
 
-FEATURES, HIDDEN = 64, 16
+FEATURES, HIDDEN = 64, 64
 SPEC = [TensorSpec("input", (None, FEATURES), "float32"),
         TensorSpec("state", (2, None, HIDDEN), "float32"),
         TensorSpec("sr", (), "int64")]
@@ -132,7 +132,7 @@ def test_loader_reads_batched_and_full_shape_layouts_and_says_so(streaming, capl
                                           "sr": "full-shape"}
     assert data.one_at_a_time and len(data) == 160
     line = next(r.getMessage() for r in caplog.records if "layouts:" in r.getMessage())
-    assert "'state' full-shape [N,2,1,16] of [2,?,16]" in line
+    assert "'state' full-shape [N,2,1,64] of [2,?,64]" in line
     assert "'sr' full-shape [N] of []" in line and "fed one sample at a time" in line
     # Every feed is one sample at the model's full shapes, whatever batch size is asked for.
     feeds = list(data.batches(8))
@@ -164,12 +164,12 @@ def test_take_keeps_the_layouts(streaming):
 
 
 @pytest.mark.parametrize("key, array, words", [
-    # [2, batch, 16] has no leading batch axis: a batched array is not a layout it can take.
+    # [2, batch, 64] has no leading batch axis: a batched array is not a layout it can take.
     ("state", np.zeros((5, 1, HIDDEN), np.float32),
-     ["layout mismatch", "[2,?,16]", "not its batch axis", "expected [N,2,?,16]",
-      "found [5, 1, 16]"]),
+     ["layout mismatch", "[2,?,64]", "not its batch axis", "expected [N,2,?,64]",
+      "found [5, 1, 64]"]),
     ("state", np.zeros((5, 3, 1, HIDDEN), np.float32),
-     ["shape mismatch", "full shape [2,?,16]", "[N,2,?,16]", "found [5, 3, 1, 16]"]),
+     ["shape mismatch", "full shape [2,?,64]", "[N,2,?,64]", "found [5, 3, 1, 64]"]),
     ("sr", np.array(16000), ["layout mismatch", "scalar", "expected [N]", "single value",
                              "np.full(N, value)"]),
     ("sr", np.full((5, 1), 16000), ["shape mismatch", "expected N samples of the full shape []",
@@ -264,6 +264,7 @@ def test_convert_to_every_onnx_target_with_full_shape_calibration(streaming, tmp
     assert arts["onnx-fp32"].fidelity.sqnr_db > 100
     assert arts["onnx-fp16"].fidelity.sqnr_db > 50
     assert arts["onnx-int8"].fidelity.sqnr_db > 20
+    assert arts["onnx-int8"].bytes < 0.6 * arts["onnx-fp32"].bytes
     int8 = Path(arts["onnx-int8"].path)
     assert onnx_ops(int8)["QuantizeLinear"] > 0
     assert onnx_initializer_dtypes(int8)["int8"] >= 5  # the five weight matrices
