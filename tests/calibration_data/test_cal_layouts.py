@@ -351,6 +351,22 @@ def test_device_agent_evaluates_full_shape_samples(streaming, tmp_path):
     assert [a["sqnr_db"] for a in doc["agreement"]] == [None, None]  # identical outputs
 
 
+def test_bench_with_full_shape_eval_data(streaming, tmp_path):
+    # The host runs the artifact on the eval data for the agreement reference (run_eval), and
+    # the agent on the device does the same: both one sample at a time.
+    from edgekit.bench import BenchOptions, benchmark
+    from edgekit.devices.spec import DeviceSpec
+
+    model, _, evaluation, _ = streaming
+    local = DeviceSpec(name="local", workdir=str(tmp_path / "cache"))
+    (result,) = benchmark(model, [local], BenchOptions(runs=3, warmup=0, eval=evaluation))
+    assert result.ok, result.error
+    assert result.settings["reference"] == "host"
+    agreement = {a["name"]: a for a in result.metrics["agreement"]}
+    assert set(agreement) == {"output", "stateN"}
+    assert all(a["max_abs_error"] == 0.0 for a in agreement.values())
+
+
 # --- the real Silero VAD ------------------------------------------------------------------------
 
 @pytest.mark.thirdparty
