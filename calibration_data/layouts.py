@@ -58,11 +58,13 @@ def accepted_shapes(spec: TensorSpec) -> str:
     Returns:
         The accepted shapes, ``N`` standing for the number of samples and ``?`` for any size.
     """
-    full = "[N" + "".join(f",{'?' if d is None else d}" for d in spec.shape) + "]"
-    if not batch_first(spec):
-        return full
-    batched = "[N" + "".join(f",{'?' if d is None else d}" for d in spec.shape[1:]) + "]"
-    return f"{batched} or {full}"
+    full = _data_shape(spec.shape)
+    return f"{_data_shape(spec.shape[1:])} or {full}" if batch_first(spec) else full
+
+
+def _data_shape(dims) -> str:
+    """``[N,2,?,128]``: N samples of ``dims``."""
+    return "[N" + "".join(f",{'?' if d is None else d}" for d in dims) + "]"
 
 
 def detect_layout(
@@ -96,7 +98,7 @@ def detect_layout(
         return Layout.FULL_SHAPE
     if array.ndim == rank and batch_first(spec) and _fits(shape[1:], spec.shape[1:]):
         return Layout.BATCHED
-    full = accepted_shapes(spec).split(" or ")[-1]
+    full = _data_shape(spec.shape)
     if array.ndim == rank and rank == 0:
         raise data_error(
             role, path,
