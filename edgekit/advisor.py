@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 from converters.options import ConvertOptions
 from converters.registry import get_target, targets_for
 from edgekit.errors import ConversionError, InputError, ModelLoadError
+from edgekit.fidelity.tasks import metric_text
 from edgekit.gate import QUANTIZED
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class AdviceRow:
             labelled eval data, else "host": the conversion's fidelity check).
         accuracy_drop: accuracy points lost vs the source model (0-100 scale).
         sqnr_db: output SQNR vs the source on the host.
+        task / task_measure: the model's task and its measure vs the source on the host
+            (``edgekit.fidelity``), e.g. ``"detection"`` / ``"detection F1 0.962"``; without
+            labels the fidelity gate judges recipes by it.
         gate_passed / gate_miss: the conversion's fidelity gate and, if missed, why.
         error: why the build or the device run failed; ``failed_stage`` says which
             ("convert", "gate" or "benchmark").
@@ -118,6 +122,8 @@ class AdviceRow:
     source_accuracy: Optional[float] = None
     accuracy_drop: Optional[float] = None
     sqnr_db: Optional[float] = None
+    task: Optional[str] = None
+    task_measure: Optional[str] = None
     gate_passed: Optional[bool] = None
     gate_miss: Optional[str] = None
     error: Optional[str] = None
@@ -272,6 +278,8 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
             row.sqnr_db, row.accuracy, row.source_accuracy = fid.sqnr_db, fid.accuracy, \
                 fid.source_accuracy
             row.accuracy_source = "host" if fid.accuracy is not None else None
+            row.task = fid.task
+            row.task_measure = metric_text(fid.task_metric) if fid.task_metric else None
         built.append((r.name, art))
 
     results = []

@@ -472,7 +472,9 @@ class _Runner:
              "source_accuracy": fid.source_accuracy if fid else None,
              "host_accuracy": fid.accuracy if fid else None,
              "sqnr_db": fid.sqnr_db if fid else None,
-             "top1_agreement": getattr(fid, "top1_agreement", None) if fid else None}
+             "top1_agreement": getattr(fid, "top1_agreement", None) if fid else None,
+             "task": getattr(fid, "task", None) if fid else None,
+             "task_metric": getattr(fid, "task_metric", None) if fid else None}
         memory_limit = 1 if fault_for(recipe.name) == "run" else None
         bench_eval = Path(self.s.eval) if self.s.eval and self.s.eval.endswith(".npz") else None
         with _device_lock(self.out, self.spec.name), \
@@ -502,6 +504,11 @@ class _Runner:
             m["accuracy_drop"] = 100.0 * (m["source_accuracy"] - m["accuracy"])
         elif m["top1_agreement"] is not None:  # no labels: disagreement with the source
             m["accuracy_drop"] = 100.0 * (1.0 - m["top1_agreement"])
+        elif (m["task_metric"] or {}).get("name") in UNIT_MEASURES \
+                and m["task_metric"].get("value") is not None:
+            # detection F1 / mask IoU / cosine against the source (1.0 = the source's own):
+            # the points of that measure lost are the trial's accuracy drop
+            m["accuracy_drop"] = 100.0 * (1.0 - m["task_metric"]["value"])
         else:
             m["accuracy_drop"] = 0.0
         if m["p50_ms"] is None:
@@ -540,6 +547,10 @@ class _Runner:
                 f"device {self.spec.name} stopped answering ({e}); the search is paused after "
                 f"{finished} trial(s), which are kept: run `edgekit optimize --resume "
                 f"{self.out}` when it is back") from e
+
+
+# Task measures on a 0..1 scale where the source scores 1.0 (see edgekit.fidelity.tasks).
+UNIT_MEASURES = ("detection_f1", "mask_iou", "cosine")
 
 
 @contextlib.contextmanager

@@ -137,7 +137,7 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
         emit_json({"out": str(out), "artifacts": [a.to_dict() for a in artifacts],
                    "failures": failed})
     else:
-        if artifacts or failed:
+        if artifacts:  # all failed: the error line says it all
             console.print(artifact_table(artifacts, failed))
             print_fidelity_notes(artifacts)
     if failed:  # the error line names every failed target and why: one line, not one per target

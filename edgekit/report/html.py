@@ -16,6 +16,7 @@ import json
 import re
 from typing import Callable, Optional
 
+from edgekit.fidelity.tasks import metric_text
 from edgekit.report import plots
 from edgekit.report.data import ArtifactRow, DeviceReport, ReportData
 
@@ -98,6 +99,11 @@ RESULT_COLUMNS: list[_Col] = [
 FIDELITY_COLUMNS: list[_Col] = [
     ("artifact", "target", lambda r: r.label, str),
     ("samples", "fidelity_samples", lambda r: (r.fidelity or {}).get("samples"), _num(0)),
+    ("task", "task", lambda r: (r.fidelity or {}).get("task"), lambda v: v or "–"),
+    ("task measure", "task_metric", lambda r: (r.fidelity or {}).get("task_metric"),
+     lambda m: metric_text(m) if m else "–"),
+    ("worst slice dB", "worst_slice",
+     lambda r: ((r.fidelity or {}).get("worst_slice") or {}).get("sqnr_db"), _num(1)),
     ("top-1 agreement", "top1_agreement", lambda r: (r.fidelity or {}).get("top1_agreement"), _pct),
     ("SQNR dB", "sqnr_db", lambda r: (r.fidelity or {}).get("sqnr_db"), _num(1)),
     ("max |error|", "max_abs_error", lambda r: (r.fidelity or {}).get("max_abs_error"),

@@ -11,7 +11,8 @@ from edgekit.report.data import ReportData
 CSV_FIELDS = ["device", "result_id", "target", "name", "format", "precision", "sha256", "bytes",
               "p50_ms", "p90_ms", "p99_ms", "mean_ms", "runs", "peak_rss_bytes", "init_ms",
               "accuracy", "accuracy_delta", "speedup", "size_ratio", "baseline", "runtime",
-              "top1_agreement", "sqnr_db", "max_abs_error"]
+              "top1_agreement", "sqnr_db", "max_abs_error", "task", "task_metric",
+              "task_metric_value", "worst_slice_sqnr_db"]
 
 
 def _f(v, digits: int = 3) -> str:
@@ -69,7 +70,10 @@ def csv_rows(data: ReportData) -> list[dict]:
                 "accuracy_delta": r.accuracy_delta, "speedup": r.speedup,
                 "size_ratio": r.size_ratio, "baseline": r.baseline, "runtime": r.runtime,
                 "top1_agreement": fid.get("top1_agreement"), "sqnr_db": fid.get("sqnr_db"),
-                "max_abs_error": fid.get("max_abs_error")})
+                "max_abs_error": fid.get("max_abs_error"), "task": fid.get("task"),
+                "task_metric": (fid.get("task_metric") or {}).get("name"),
+                "task_metric_value": (fid.get("task_metric") or {}).get("value"),
+                "worst_slice_sqnr_db": (fid.get("worst_slice") or {}).get("sqnr_db")})
     return rows
 
 

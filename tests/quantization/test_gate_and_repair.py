@@ -8,6 +8,7 @@ tensor, and naive int8 collapses to chance accuracy — the failure users meet w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from calibration_data.digits import digits_path, load_split
 from converters.options import ConvertOptions
 from edgekit.api import convert, diagnose
 from edgekit.errors import ConversionError
+from edgekit.recipe import options_from_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 CALIB, EVAL = digits_path("calibration"), digits_path("eval")
@@ -105,8 +107,11 @@ def test_replaying_recorded_float_nodes_reproduces_the_repair(outlier, tmp_path)
     [first] = convert(outlier, ["onnx-int8"], calibration=CALIB, eval=EVAL, out=tmp_path / "a",
                       options=ConvertOptions(repair=True))
     cfg = first.pass_config
-    replay = ConvertOptions(float_nodes=tuple(cfg["float_nodes"]),
-                            symmetric_activations=cfg["symmetric_activations"])
+    # Every option the manifest records for the pass (the remedy chosen, and the float nodes).
+    known = {f.name for f in dataclasses.fields(ConvertOptions)}
+    replay = options_from_json({k: v for k, v in cfg.items()
+                                if k in known and k not in ("repair", "task")})
+    assert replay.float_nodes and not replay.repair
     [again] = convert(outlier, ["onnx-int8"], calibration=CALIB, eval=EVAL, out=tmp_path / "b",
                       options=replay)
     assert again.fidelity.accuracy == pytest.approx(first.fidelity.accuracy)
