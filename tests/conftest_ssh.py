@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -191,7 +192,10 @@ def start_sshd(user_key: Path, alias: str = "edgebox", host_key: Path | None = N
         f"PidFile {folder / 'sshd.pid'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
         "PermitRootLogin prohibit-password\nMaxStartups 100\nMaxSessions 50\n"
-        "Subsystem sftp internal-sftp\nLogLevel ERROR\n")
+        "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
+        # The emulated board's `python3` is the interpreter running the tests (a venv's, with the
+        # runtimes), as a user's board has its runtime on PATH: not root's login-shell python3.
+        f"SetEnv PATH={Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin\n")
     log = open(folder / "sshd.log", "w")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=log,
                             stdin=subprocess.DEVNULL)
