@@ -4,9 +4,8 @@ A ``.tflite`` file has no Keras graph left for the TFLite converter to re-trace,
 variants come from the LiteRT quantizer, which rewrites the flatbuffer. Its I/O types follow the
 quantizer's recipe (``float_io`` is not selectable here); the manifest records the real ones.
 
-The quantizer only quantizes float32 constant weights. A float16 .tflite (weights stored as
-float16 behind ``DEQUANTIZE`` ops, what TFLite's float16 quantization writes) would come back
-unquantized, so its weights are first folded back to float32 constants (exactly).
+Files the quantizer would silently leave unquantized (float16 weights behind ``DEQUANTIZE``,
+operator codes of an older schema) are rewritten first: ``tflite_weights.for_quantizer``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ def quantize_tflite_file(path: Path, out_path: Path, recipe_name: str,
     """``quantize_tflite`` on a float .tflite file.
 
     Args:
-        path: the float .tflite model (float16 weights behind DEQUANTIZE are folded first).
+        path: the float .tflite model (rewritten first by ``tflite_weights.for_quantizer``).
         out_path: where the quantized model is written.
         recipe_name: a function of ``ai_edge_quantizer.recipe``.
         calibration: a ``calibration_data.Dataset`` for recipes that calibrate.
@@ -54,32 +53,35 @@ def quantize_tflite_file(path: Path, out_path: Path, recipe_name: str,
                          "pip install ai-edge-quantizer (or convert from the Keras/ONNX source)") from e
     from ai_edge_litert.interpreter import Interpreter
 
+    from converters.tflite_weights import drop_signatures
+
     path = Path(path)
-    signatures = list(Interpreter(model_path=str(path)).get_signature_list())
     with tempfile.TemporaryDirectory(prefix="edgekit-litert-") as wd:
-        model_path, folded = _float32_weights(path, Path(wd))
+        # a signature is added only to calibrate through; the artifact keeps the source's I/O
+        model_path, rewrites, signed = _for_quantizer(path, Path(wd), calibration is not None)
+        signatures = list(Interpreter(model_path=str(model_path)).get_signature_list())
         _run(quantizer, recipe, recipe_name, model_path, path.name, signatures, calibration,
              out_path)
+    if signed:
+        Path(out_path).write_bytes(drop_signatures(Path(out_path).read_bytes()))
     from importlib.metadata import version
 
-    notes = [f"LiteRT quantizer recipe {recipe_name} on a .tflite model"]
-    if folded:
-        notes.append(f"{folded} float16 weights behind DEQUANTIZE folded back to float32 "
-                     f"constants before quantizing")
+    notes = [f"LiteRT quantizer recipe {recipe_name} on a .tflite model",
+             *(f"before quantizing: {n}" for n in rewrites)]
     return PassResult(tools={"ai-edge-quantizer": version("ai-edge-quantizer")}, notes=notes)
 
 
-def _float32_weights(path: Path, workdir: Path) -> tuple[Path, int]:
-    """The model the quantizer should read: ``path`` itself, or a copy with its float16
-    weights folded to float32 (and how many were folded)."""
-    from converters.tflite_weights import fold_fp16_weights
+def _for_quantizer(path: Path, workdir: Path, signature: bool) -> tuple[Path, list, bool]:
+    """The model the quantizer should read: ``path`` itself, or a rewritten copy in ``workdir``;
+    what was rewritten; whether a signature was added."""
+    from converters.tflite_weights import SIGNATURE_KEY, for_quantizer
 
-    data, folded = fold_fp16_weights(Path(path).read_bytes())
-    if not folded:
-        return Path(path), 0
+    data, notes = for_quantizer(Path(path).read_bytes(), signature=signature)
+    if not notes:
+        return Path(path), [], False
     out = workdir / Path(path).name
     out.write_bytes(data)
-    return out, folded
+    return out, notes, any(SIGNATURE_KEY in n for n in notes)
 
 
 def _run(quantizer, recipe, recipe_name, model_path, name, signatures, calibration, out_path):

@@ -1,6 +1,6 @@
 """What a converted .tflite really stores: distinct weight values per layer, the LiteRT sparse
-tensor encoding, and float16 weights behind ``DEQUANTIZE`` (folded back to float32 before a
-.tflite source is quantized, see ``fold_fp16_weights``).
+tensor encoding; and the rewrite a float .tflite needs before LiteRT's quantizer can quantize it
+(``for_quantizer``: float16 weights behind ``DEQUANTIZE``, operator codes of an older schema).
 
 Used to check that clustering survives conversion (a clustered layer's weights hold <= k values
 per output channel in the artifact, also after INT8 per-channel quantization), and to measure
@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import InputError
+
+SIGNATURE_KEY = "serving_default"  # what the TFLite converter names a Keras model's signature
 
 # op -> (weight input index, output-channel axis of the weight in TFLite layout)
 _WEIGHT_OPS = {"CONV_2D": (1, 0), "FULLY_CONNECTED": (1, 0), "DEPTHWISE_CONV_2D": (1, -1),
@@ -104,26 +106,90 @@ def convert_sparse(model, out, *, representative=None) -> Path:
     return out
 
 
-def fold_fp16_weights(model_bytes: bytes) -> tuple[bytes, int]:
-    """Turn float16 weights stored behind ``DEQUANTIZE`` ops back into float32 constants.
+def for_quantizer(model_bytes: bytes, *, signature: bool = False) -> tuple[bytes, list]:
+    """A float .tflite rewritten the way LiteRT's quantizer needs it to quantize anything.
 
-    TFLite's float16 quantization stores each weight as float16 plus a ``DEQUANTIZE`` to float32
-    in front of the op that reads it. LiteRT's quantizer only quantizes constant float32 weights,
-    so on such a file it quantizes nothing and writes the fp16 model again. Folding the
-    ``DEQUANTIZE`` (float16 -> float32 is exact) gives it the float model it expects.
+    Two things in real files make the quantizer quantize nothing, without an error:
+
+    - float16 weights behind ``DEQUANTIZE`` ops (what TFLite's float16 quantization writes): the
+      quantizer only quantizes constant float32 weights. They are folded back into float32
+      constants (float16 -> float32 is exact) and the DEQUANTIZE ops removed.
+    - operator codes written before the schema's int32 ``builtin_code`` existed (older
+      MediaPipe models): the op is only in ``deprecated_builtin_code``, the quantizer reads
+      ``builtin_code`` (0, i.e. ADD) and sees every op as an ADD. The schema's own rule
+      (``max`` of the two) is written into ``builtin_code``.
+
+    And the quantizer calibrates through a signature, which older files lack.
 
     Args:
         model_bytes: a .tflite flatbuffer.
+        signature: add a ``serving_default`` signature over the main graph's inputs and outputs
+            (named after their tensors) when the file has none; ``drop_signatures`` removes it.
 
     Returns:
-        ``(new bytes, number of DEQUANTIZE ops folded)``; the input unchanged when there are none,
-        or when the weights live outside the flatbuffer (models over 2 GB are not rewritten).
+        ``(bytes, notes)``: the input unchanged and no notes when nothing needed doing, or when
+        the weights live outside the flatbuffer (models over 2 GB are not rewritten).
     """
     from ai_edge_litert import schema_py_generated as fb
 
     model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     if any(b.offset > 1 for b in model.buffers or []):
-        return model_bytes, 0
+        return model_bytes, []
+    notes = []
+    upgraded = 0
+    for oc in model.operatorCodes or []:
+        if oc.builtinCode < oc.deprecatedBuiltinCode:
+            oc.builtinCode = oc.deprecatedBuiltinCode
+            upgraded += 1
+    if upgraded:
+        notes.append(f"{upgraded} operator codes of an older schema upgraded (builtin_code)")
+    folded = _fold_fp16(model, fb)
+    if folded:
+        notes.append(f"{folded} float16 weights behind DEQUANTIZE folded back to float32 "
+                     f"constants")
+    if signature and not model.signatureDefs and model.subgraphs:
+        model.signatureDefs = [_signature(model.subgraphs[0], fb)]
+        notes.append(f"a {SIGNATURE_KEY} signature added for calibration (not kept in the "
+                     f"artifact)")
+    if not notes:
+        return model_bytes, []
+    return _pack(model, len(model_bytes)), notes
+
+
+def drop_signatures(model_bytes: bytes) -> bytes:
+    """The .tflite without signature defs (undoes ``for_quantizer(..., signature=True)``)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    if not model.signatureDefs or any(b.offset > 1 for b in model.buffers or []):
+        return model_bytes
+    model.signatureDefs = None
+    return _pack(model, len(model_bytes))
+
+
+def _pack(model, size_hint: int) -> bytes:
+    import flatbuffers
+
+    builder = flatbuffers.Builder(size_hint * 2 + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _signature(sg, fb):
+    def tensor_map(i):
+        m = fb.TensorMapT()
+        m.name, m.tensorIndex = sg.tensors[i].name, i
+        return m
+
+    sig = fb.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex = SIGNATURE_KEY, 0
+    sig.inputs = [tensor_map(i) for i in _ints(sg.inputs)]
+    sig.outputs = [tensor_map(i) for i in _ints(sg.outputs)]
+    return sig
+
+
+def _fold_fp16(model, fb) -> int:
+    """Fold every float16 constant -> float32 DEQUANTIZE of ``model`` in place; how many."""
     codes = [max(oc.builtinCode, oc.deprecatedBuiltinCode) for oc in model.operatorCodes or []]
     folded = 0
     for s, sg in enumerate(model.subgraphs or []):
@@ -143,13 +209,7 @@ def fold_fp16_weights(model_bytes: bytes) -> tuple[bytes, int]:
             folded += 1
         sg.operators = keep_ops
         _drop_unread_tensors(model, s, sg, dropped)
-    if not folded:
-        return model_bytes, 0
-    import flatbuffers
-
-    builder = flatbuffers.Builder(len(model_bytes) * 2 + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), folded
+    return folded
 
 
 def _fp16_constant_input(model, sg, op, codes, fb):
@@ -159,17 +219,16 @@ def _fp16_constant_input(model, sg, op, codes, fb):
     src, out = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
     data = model.buffers[src.buffer].data if 0 < src.buffer < len(model.buffers) else None
     if (src.type != fb.TensorType.FLOAT16 or out.type != fb.TensorType.FLOAT32 or data is None
-            or not len(data) or op.outputs[0] in list(sg.outputs or [])):
+            or not len(data) or op.outputs[0] in _ints(sg.outputs)):
         return None
     return int(op.inputs[0])
 
 
 def _drop_unread_tensors(model, s: int, sg, candidates: set) -> None:
     """Remove the folded float16 tensors nothing reads any more, renumbering every reference."""
-    read = {i for op in sg.operators for i in list(op.inputs) + list(op.outputs)
-            + list(op.intermediates if op.intermediates is not None else [])}
-    read |= set(sg.inputs if sg.inputs is not None else []) | set(
-        sg.outputs if sg.outputs is not None else [])
+    read = {i for op in sg.operators
+            for i in _ints(op.inputs) + _ints(op.outputs) + _ints(op.intermediates)}
+    read |= set(_ints(sg.inputs)) | set(_ints(sg.outputs))
     gone = {i for i in candidates if i not in read}
     if not gone:
         return
@@ -195,3 +254,8 @@ def _drop_unread_tensors(model, s: int, sg, candidates: set) -> None:
         if sig.subgraphIndex == s:
             for m in list(sig.inputs or []) + list(sig.outputs or []):
                 m.tensorIndex = remap[m.tensorIndex]
+
+
+def _ints(indices) -> list:
+    """Tensor indices of the object API (a numpy array, a list, or None) as a list of ints."""
+    return [] if indices is None else [int(i) for i in indices]

