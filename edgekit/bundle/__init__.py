@@ -1,6 +1,9 @@
 """App bundles: a model from a build folder, its metadata and a generated helper for an app.
 
-``build_bundle(build_dir, BundleOptions(platform=Platform.ANDROID), out)`` writes, into ``out``:
+``build_bundle(build_dir, BundleOptions(platform=Platform.ANDROID), out)`` writes, where the app's
+build uses them (``edgekit.bundle.layout``: for Android, ``out`` is the app module and the files go
+to ``src/main/assets/edgekit/`` and ``src/main/java/<package>/``; for iOS, ``out`` is the app
+target's folder and they go to ``Resources/`` and ``Sources/``):
 
 - the model file(s), with metadata embedded (TFLite: TFLITE_METADATA + labels.txt zipped on;
   ONNX: ``metadata_props``; ``.ort`` files are copied unchanged: their metadata is fixed when
@@ -8,8 +11,10 @@
 - ``labels.txt`` when labels are given;
 - ``edgekit.json`` (schema ``edgekit.bundle`` v1): names, shapes, dtypes, quantization,
   normalization, labels, recipe, fidelity, measured figures, and the sha256 of every file;
-- the helper (``<Class>.kt`` or ``<Class>.swift``, in ``code_out`` when given);
-- ``SHA256SUMS`` (``sha256sum -c`` format) over every file above, edgekit.json included.
+- the helper (``<Class>.kt`` or ``<Class>.swift``) in the layout's source folder, or in
+  ``code_out`` when given;
+- ``SHA256SUMS`` (``sha256sum -c`` format) over the files in the models folder, edgekit.json
+  included.
 
 Bundles are byte-reproducible: same build, options and results give the same bytes (sorted
 keys, no timestamps, fixed zip dates). Every file is written under a temp name, then renamed.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -65,7 +71,8 @@ class BundleOptions:
         version: model version string in the metadata.
         max_bytes: fail (``BundleTooLarge``) when the model files together exceed this.
         db: a results database: the newest successful figures per device are recorded.
-        code_out: folder for the generated helper; default: ``out``.
+        code_out: folder for the generated helper; default: the layout's source folder
+            (``edgekit.bundle.layout``).
         package: Kotlin package of the Android helper.
     """
 
@@ -92,6 +99,9 @@ class BundleOptions:
             raise InputError(f"--max-bytes must be a positive byte count, got {self.max_bytes}")
         if not self.version.strip():
             raise InputError("--version must not be empty")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", self.package):
+            raise InputError(f"--package {self.package!r} is not a Kotlin package name: expected "
+                             "dot-separated identifiers, e.g. com.example.app")
         return self
 
 
@@ -100,11 +110,14 @@ class BundleResult:
     """What ``build_bundle`` wrote.
 
     Attributes:
-        out: the bundle folder.
+        out: the models folder (model files, labels.txt, edgekit.json, SHA256SUMS).
         platform: android or ios.
-        files: path (relative to ``out``, or absolute for helpers in ``code_out``) → sha256.
+        files: path relative to ``out`` → sha256, of the files SHA256SUMS covers.
         models: the edgekit.json model entries.
         model_bytes: bytes of the model files together (what ``max_bytes`` is checked against).
+        helpers: paths of the generated Kotlin / Swift helpers.
+        root: the folder the bundle was asked for (``--out``).
+        code: the folder the helpers went to.
     """
 
     out: Path
@@ -113,9 +126,12 @@ class BundleResult:
     models: list
     model_bytes: int
     helpers: list = field(default_factory=list)
+    root: Optional[Path] = None
+    code: Optional[Path] = None
 
     def to_dict(self) -> dict:
         return {"out": str(self.out), "platform": self.platform, "files": self.files,
+                "root": str(self.root or self.out), "code": str(self.code or self.out),
                 "model_bytes": self.model_bytes, "helpers": [str(h) for h in self.helpers],
                 "models": [{k: m[k] for k in ("file", "class", "target", "format", "sha256",
                                                "bytes")} for m in self.models]}
@@ -168,7 +184,8 @@ def build_bundle(build_dir, options: BundleOptions, out) -> BundleResult:
     Args:
         build_dir: a folder with manifest.json (or the manifest file).
         options: BundleOptions.
-        out: the bundle folder (created if missing).
+        out: the app folder (``edgekit.bundle.layout``: Android module or source set, iOS
+            target folder, or the assets / Resources folder itself); created if missing.
 
     Returns:
         BundleResult.
@@ -180,6 +197,7 @@ def build_bundle(build_dir, options: BundleOptions, out) -> BundleResult:
     from edgekit import __version__
     from edgekit.bundle import android, ios, metadata
     from edgekit.bundle.codegen import class_name
+    from edgekit.bundle.layout import android_layout, ios_layout
 
     options = options.validate()
     platform = Platform(options.platform)
@@ -211,37 +229,43 @@ def build_bundle(build_dir, options: BundleOptions, out) -> BundleResult:
             f"bundle over budget: {', '.join(f'{k} {len(v):,} B' for k, v in payloads.items())} "
             f"= {total:,} bytes > --max-bytes {options.max_bytes:,}; pick a smaller artifact "
             "(e.g. --artifact tflite-int8) or raise the budget")
-    out = Path(out)
+    if platform is Platform.ANDROID:
+        layout = android_layout(out, options.package, options.code_out)
+    else:
+        layout = ios_layout(out, options.code_out)
     build_folder = Path(build_dir) if Path(build_dir).is_dir() else Path(build_dir).parent
-    if out.resolve() == build_folder.resolve():
-        raise InputError(f"--out {out} is the build folder itself: bundling there would replace "
-                         "the converted artifacts; pick an app folder")
+    for folder in (layout.root, layout.models, layout.code):
+        if folder.resolve() == build_folder.resolve():
+            raise InputError(f"--out {out} puts bundle files into the build folder itself: "
+                             "bundling there would replace the converted artifacts; pick an app "
+                             "folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        layout.models.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"cannot create bundle folder {out}: {e.strerror or e}") from e
+        raise InputError(f"cannot create bundle folder {layout.models}: {e.strerror or e}") from e
+    models_dir = layout.models
     files: dict[str, str] = {}
     for file_name, data in payloads.items():
-        files[file_name] = _write(out / file_name, data)
+        files[file_name] = _write(models_dir / file_name, data)
     if labels:
-        files[metadata.LABELS_FILE] = _write(out / metadata.LABELS_FILE,
+        files[metadata.LABELS_FILE] = _write(models_dir / metadata.LABELS_FILE,
                                              ("\n".join(labels) + "\n").encode())
     plat = android if platform is Platform.ANDROID else ios
-    code_dir = Path(options.code_out) if options.code_out else out
     helpers = []
     for entry in models:
-        fname, text = plat.helper(entry, out=out, name=name, labels=labels,
+        fname, text = plat.helper(entry, out=models_dir, name=name, labels=labels,
                                   package=options.package, generator=f"edgekit {__version__}")
         entry["helper"] = fname
-        digest = _write(code_dir / fname, text.encode())
-        helpers.append(code_dir / fname)
-        if code_dir.resolve() == out.resolve():
+        digest = _write(layout.code / fname, text.encode())
+        helpers.append(layout.code / fname)
+        if layout.code.resolve() == models_dir.resolve():
             files[fname] = digest
     doc = metadata.bundle_document(name, options.version, platform.value, labels, models, files)
-    files[JSON_FILE] = _write(out / JSON_FILE, metadata.dumps(doc))
+    files[JSON_FILE] = _write(models_dir / JSON_FILE, metadata.dumps(doc))
     sums = "".join(f"{files[k]}  {k}\n" for k in sorted(files))
-    _write(out / SUMS_FILE, sums.encode())
-    return BundleResult(out, platform.value, dict(sorted(files.items())), models, total, helpers)
+    _write(models_dir / SUMS_FILE, sums.encode())
+    return BundleResult(models_dir, platform.value, dict(sorted(files.items())), models, total,
+                        helpers, root=layout.root, code=layout.code)
 
 
 def _embed(a: Artifact, data: bytes, name: str, options: BundleOptions, labels) -> bytes:

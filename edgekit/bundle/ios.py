@@ -1,5 +1,5 @@
-"""iOS layout: model, labels.txt, edgekit.json and the Swift helper in one folder (e.g.
-``MyApp/Models/``) that is added to the app target, so the model is a bundle resource."""
+"""iOS: the Swift helper for one model; where the files go is ``edgekit.bundle.layout`` (the
+model a resource of the app target, the helper one of its sources)."""
 
 from __future__ import annotations
 

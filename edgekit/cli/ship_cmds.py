@@ -53,7 +53,9 @@ def report_cmd(json_files, db, out, fmt, as_json):
               help="android: Kotlin helper (LiteRT / ONNX Runtime Android); ios: Swift helper "
                    "(TensorFlowLiteSwift / onnxruntime-objc).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Bundle folder, e.g. app/src/main/assets/edgekit/ or MyApp/Models/.")
+              help="App folder: the Android module (app/: model to src/main/assets/edgekit/, "
+                   "Kotlin to src/main/java/<package>/) or the iOS target (MyApp/: Resources/, "
+                   "Sources/); a folder inside assets/ or Resources/ keeps the model there.")
 @click.option("--artifact", "artifacts", multiple=True,
               help="Target or file name from the manifest (repeatable); default: the first of "
                    "tflite-int8, tflite-dynamic, tflite-fp16, tflite-fp32, ... that exists.")
@@ -70,7 +72,8 @@ def report_cmd(json_files, db, out, fmt, as_json):
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
               help="Results database: record measured latency/memory/accuracy per device.")
 @click.option("--code-out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the generated Kotlin/Swift helper (default: --out).")
+              help="Folder for the generated Kotlin/Swift helper (default: the app's source "
+                   "folder, see --out).")
 @click.option("--package", default="edgekit.models", show_default=True,
               help="Kotlin package of the Android helper.")
 @json_option
@@ -93,7 +96,8 @@ def bundle_cmd(build, platform, out, artifacts, labels, mean, std, name, model_v
         return
     for m in result.models:
         console.print(f"{m['file']}: {m['bytes']:,} bytes ({m['target']}), helper {m['helper']}")
-    console.print(f"bundle: {result.out} ({len(result.files)} files, SHA256SUMS)")
+    console.print(f"bundle: {result.out} ({len(result.files)} files, SHA256SUMS); helpers in "
+                  f"{result.code}")
 
 
 commands = [report_cmd, bundle_cmd]

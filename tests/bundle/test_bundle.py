@@ -49,13 +49,19 @@ def _sha(path) -> str:
 def test_android_bundle_files_and_checksums(android):
     out = android.out
     assert sorted(p.name for p in out.iterdir()) == [
-        "DigitsModel.kt", "SHA256SUMS", "digits.tflite-int8.tflite", "edgekit.json",
-        "labels.txt"]
+        "SHA256SUMS", "digits.tflite-int8.tflite", "edgekit.json", "labels.txt"]
+    # --out inside assets: the Kotlin goes to the same source set's java/<package>, where Gradle
+    # compiles it (never into assets/, which is packed into the APK as data).
+    main = out.parent.parent
+    assert [h.relative_to(main).as_posix() for h in android.helpers] == [
+        "java/edgekit/models/DigitsModel.kt"]
+    assert android.code == main / "java" / "edgekit" / "models"
     assert (out / "labels.txt").read_text() == "".join(f"{i}\n" for i in range(10))
     assert verify_bundle(out) == []
     doc = json.loads((out / "edgekit.json").read_text())
     assert doc["files"] == {name: _sha(out / name) for name in doc["files"]}
-    assert set(doc["files"]) == {"DigitsModel.kt", "digits.tflite-int8.tflite", "labels.txt"}
+    assert set(doc["files"]) == {"digits.tflite-int8.tflite", "labels.txt"}
+    assert doc["models"][0]["helper"] == "DigitsModel.kt"
     (out / "labels.txt").write_text("tampered\n")
     assert verify_bundle(out) == ["labels.txt"]
     (out / "labels.txt").write_text("".join(f"{i}\n" for i in range(10)))
@@ -134,9 +140,14 @@ def test_ios_onnx_and_ort_bundle(ship, tmp_path):
 
     res = build_bundle(ship.out, BundleOptions(platform=Platform.IOS, artifacts=("onnx-fp32", "ort"),
                                                labels=DIGIT_LABELS), tmp_path / "Models")
+    # The models are the target's resources, the helpers its sources.
+    assert res.out == tmp_path / "Models" / "Resources"
     names = sorted(p.name for p in res.out.iterdir())
-    assert names == ["DigitsOnnxFp32Model.swift", "DigitsOrtModel.swift", "SHA256SUMS",
-                     "digits.onnx-fp32.onnx", "digits.ort.ort", "edgekit.json", "labels.txt"]
+    assert names == ["SHA256SUMS", "digits.onnx-fp32.onnx", "digits.ort.ort", "edgekit.json",
+                     "labels.txt"]
+    assert sorted(p.name for p in (tmp_path / "Models" / "Sources").iterdir()) == [
+        "DigitsOnnxFp32Model.swift", "DigitsOrtModel.swift"]
+    swift = tmp_path / "Models" / "Sources" / "DigitsOrtModel.swift"
     props = read_onnx_metadata(res.out / "digits.onnx-fp32.onnx")
     assert json.loads(props["edgekit.labels"]) == list(DIGIT_LABELS)
     assert props["edgekit.target"] == "onnx-fp32" and props["edgekit.normalization"] == "null"
@@ -151,17 +162,20 @@ def test_ios_onnx_and_ort_bundle(ship, tmp_path):
     # .ort is copied unchanged (its metadata is fixed when ORT writes it).
     assert by_target["ort"]["sha256"] == ship.artifacts["ort"].sha256
     assert by_target["ort"]["metadata_embedded"] is None
-    assert "import onnxruntime_objc" in (res.out / "DigitsOrtModel.swift").read_text()
-    assert 'modelExtension = "ort"' in (res.out / "DigitsOrtModel.swift").read_text()
+    assert "import onnxruntime_objc" in swift.read_text()
+    assert 'modelExtension = "ort"' in swift.read_text()
 
 
 def test_bundles_are_reproducible(ship, tmp_path):
     a = _android(ship, tmp_path / "a" / "assets" / "edgekit", artifacts=("tflite-int8", "ort"))
     b = _android(ship, tmp_path / "b" / "assets" / "edgekit", artifacts=("tflite-int8", "ort"))
     files_a = sorted(p.name for p in a.out.iterdir())
-    assert files_a == sorted(p.name for p in b.out.iterdir()) and len(files_a) == 7
+    assert files_a == sorted(p.name for p in b.out.iterdir()) and len(files_a) == 5
     for name in files_a:
         assert (a.out / name).read_bytes() == (b.out / name).read_bytes(), name
+    assert [h.name for h in a.helpers] == ["DigitsTfliteInt8Model.kt", "DigitsOrtModel.kt"]
+    for ha, hb in zip(a.helpers, b.helpers):
+        assert ha.read_bytes() == hb.read_bytes(), ha.name
     again = _android(ship, a.out, artifacts=("tflite-int8", "ort"))  # over an existing bundle
     assert again.files == a.files
     assert not [p for p in a.out.iterdir() if p.name.startswith(".")]  # no temp files left
@@ -214,7 +228,8 @@ def test_generated_code_parses(ship, tmp_path, platform, target):
         scale = repr(art.inputs[0].quantization.scale[0])
         assert (scale + "f" if platform == "android" else scale) in text
     if platform == "android":
-        assert '"a\\$b"' in text and "MODEL_ASSET = \"" + art.path.name + '"' in text
+        # --out is the app module: the model is packed from src/main/assets/edgekit/.
+        assert '"a\\$b"' in text and f'MODEL_ASSET = "edgekit/{art.path.name}"' in text
         runtime = "org.tensorflow.lite.Interpreter" if art.format == "tflite" else "ai.onnxruntime"
     else:
         assert '"a$b"' in text
@@ -236,8 +251,11 @@ def test_cli_bundle(ship, tmp_path):
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["platform"] == "ios" and doc["models"][0]["target"] == "tflite-int8"
-    assert json.loads((out / "edgekit.json").read_text())["labels"] == list(DIGIT_LABELS)
-    assert verify_bundle(out) == []
+    assert doc["out"] == str(out / "Resources") and doc["code"] == str(out / "Sources")
+    assert json.loads((out / "Resources" / "edgekit.json").read_text())["labels"] == list(
+        DIGIT_LABELS)
+    assert verify_bundle(out / "Resources") == []
+    assert doc["helpers"] == [str(out / "Sources" / "DigitsModel.swift")]
     p = _cli("bundle", ship.out, "--platform", "android", "--out", tmp_path / "small",
              "--max-bytes", "1000")
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "over budget" in p.stderr
@@ -251,6 +269,7 @@ def test_cli_bundle(ship, tmp_path):
     ("{build}", "--platform", "android", "--out", "o", "--labels", "empty.txt"),
     ("{build}", "--platform", "android", "--out", "o", "--db", "missing.db"),
     ("{build}", "--platform", "ios", "--out", "{build}"),
+    ("{build}", "--platform", "android", "--out", "o", "--package", "com.my-app"),
 ])
 def test_cli_bundle_bad_input_is_one_line_exit_2(ship, tmp_path, args):
     (tmp_path / "empty.txt").write_text("\n")
