@@ -28,7 +28,8 @@ _PASS_THROUGH = frozenset({"Cast", "Identity", "Transpose", "Reshape", "Unsqueez
 
 
 def audit_onnx(path: Path) -> ArtifactContent:
-    """Count the constant tensors, ops and compute of an ONNX file's main graph.
+    """Count the constant tensors, ops and compute of an ONNX file, subgraphs (If/Loop/Scan
+    bodies) included.
 
     Raises:
         ModelLoadError: not a readable ONNX model.
@@ -40,17 +41,20 @@ def audit_onnx(path: Path) -> ArtifactContent:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError) as e:
         raise ModelLoadError(f"{Path(path).name} is not a readable ONNX model: {e}") from e
-    graph = model.graph
+    # One namespace for all graphs: a subgraph reads outer-scope names, and ONNX requires
+    # names to be unique across the nesting.
+    graphs = _graphs(model.graph)
+    nodes = [n for g in graphs for n in g.node]
     consts = {}  # name -> (dtype, params)
     tally = Tally("onnx")
-    for init in graph.initializer:
+    for init in (i for g in graphs for i in g.initializer):
         consts[init.name] = _const(init, tally)
-    for node in graph.node:
+    for node in nodes:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attr = next((a for a in node.attribute if a.name == "value" and a.HasField("t")), None)
             if attr is not None:
                 consts[node.output[0]] = _const(attr.t, tally)
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = {o: n for n in nodes for o in n.output}
     shapes = _output_shapes(model)
 
     def stored(name, hops=3):
@@ -70,7 +74,7 @@ def audit_onnx(path: Path) -> ArtifactContent:
         node = producer.get(name)
         return node is not None and node.op_type == "DequantizeLinear"
 
-    for node in graph.node:
+    for node in nodes:
         op = node.op_type if node.domain in ("", "ai.onnx", "com.microsoft") else \
             f"{node.domain}.{node.op_type}"
         if node.op_type == "Constant":
@@ -118,6 +122,20 @@ def _const(tensor, tally: Tally) -> tuple:
     return dtype, params
 
 
+def _graphs(graph) -> list:
+    """``graph`` and every subgraph nested in its nodes' attributes, outermost first."""
+    from onnx import AttributeProto
+
+    out = [graph]
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                out += _graphs(a.g)
+            elif a.type == AttributeProto.GRAPHS:
+                out += [sg for g in a.graphs for sg in _graphs(g)]
+    return out
+
+
 def _output_shapes(model) -> dict:
     """Tensor name -> static shape (None for unknown dims; the batch dim is allowed to be one)."""
     import onnx
@@ -127,7 +145,7 @@ def _output_shapes(model) -> dict:
     except Exception:  # noqa: BLE001 - shape inference fails on odd graphs; MACs then fall back
         return {}
     out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+    for vi in [v for g in _graphs(inferred.graph) for v in list(g.value_info) + list(g.output)]:
         t = vi.type.tensor_type
         if not t.HasField("shape"):
             continue

@@ -20,6 +20,8 @@ def inspect_file(path: Path) -> dict:
         for TFLite ``"weights"``: distinct values per Conv/Depthwise/FC weight, see
         ``converters.tflite_weights.weight_uniques``); tensors carry quantization params. The
         gzip/zstd sizes are of the file compressed (what a download or OTA update carries).
+        ``"content"``: weights by dtype, ops by kind and the int8 share of the compute, as the
+        manifest records them (``converters.content.ArtifactContent.to_dict``).
 
     Raises:
         ModelLoadError: missing file, unknown suffix, or a file the runtime cannot read.
@@ -33,10 +35,12 @@ def inspect_file(path: Path) -> dict:
         info = _onnx(path)
     else:
         raise ModelLoadError(f"cannot inspect {path.name}: expected a .tflite or .onnx file")
+    from converters.content import audit_artifact
     from converters.sparsity import file_sizes
 
     info.update({"path": str(path), **file_sizes(path), "sha256": sha256_file(path),
-                 "op_count": sum(info["ops"].values())})
+                 "op_count": sum(info["ops"].values()),
+                 "content": audit_artifact(path, info["format"]).to_dict()})
     return info
 
 

@@ -251,6 +251,14 @@ def test_the_manifest_round_trips_the_counts_and_older_manifests_still_validate(
     validate_manifest(doc)  # a manifest written before the counts existed
 
 
+def test_inspect_reports_the_same_counts_as_the_manifest(digits_build):
+    from edgekit.api import inspect_artifact
+
+    for target in ("tflite-int8", "onnx-dynamic"):
+        art = digits_build.artifacts[target]
+        assert inspect_artifact(art.path)["content"] == art.content
+
+
 def test_tflite_dynamic_of_a_model_too_small_for_the_converters_floor_is_still_int8(
         sequence_model, tmp_path):
     """The TFLite converter keeps weights under 1024 elements in float: the sequence model's only
