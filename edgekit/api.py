@@ -425,8 +425,11 @@ def _origin_words(origin: str) -> str:
 def _quiet_tools():
     """Keep converters' prints (Keras export listings, tf2onnx chatter) off stdout, which belongs
     to --json; they are kept in the debug log instead."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+    from edgekit.quiet import captured_native_output
+
+    buf = io.StringIO()  # C++ writes to fd 1/2 (MLIR quantizer, XNNPACK) are captured below that
+    with captured_native_output(fds=(1, 2)), contextlib.redirect_stdout(buf), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             yield

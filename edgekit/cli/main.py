@@ -6,13 +6,20 @@ import logging
 import os
 import sys
 
-# TensorFlow and absl log C++ banners to stderr at import; people only need our own lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from edgekit.quiet import quiet_environment
 
-import click
+# Flags that ask for the tools' own output (chatter included); without them it is kept quiet.
+_LOUD_FLAGS = {"--debug", "-v", "--verbose"}
 
-from edgekit import __version__
-from edgekit.errors import EdgekitError
+# TensorFlow and absl log C++ banners to stderr at import, which reads these variables once:
+# they must be set before the first TensorFlow import (none happens before a command runs).
+if not _LOUD_FLAGS & set(sys.argv[1:]):
+    quiet_environment()
+
+import click  # noqa: E402 - after the environment above, on purpose
+
+from edgekit import __version__  # noqa: E402
+from edgekit.errors import EdgekitError  # noqa: E402
 
 # Command modules, imported for their click commands. Each exposes ``commands``: a list of them.
 _COMMAND_MODULES = [
@@ -40,6 +47,10 @@ def cli(ctx, debug, verbose):
     ctx.obj["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not (debug or verbose):
+        from edgekit.quiet import quiet_python_tools
+
+        quiet_python_tools()
 
 
 def _register():
@@ -59,16 +70,87 @@ def _register():
 _register()
 
 
+# Commands whose TensorFlow work runs in a supervised child (the value: retry a crash once with
+# oneDNN off, for training, where the known oneDNN crashes happen).
+_SUPERVISED = {"convert": False, "advise": False, "diagnose": False, "qat": True, "prune": True,
+               "distill": True, "cluster": True}
+
+
 def main(argv=None) -> int:
-    """Entry point: one line on stderr and an exit code for errors; tracebacks only with --debug."""
+    """Entry point: one line on stderr and an exit code for errors; tracebacks only with --debug.
+
+    Run as the process's entry point (``argv`` None), it also keeps the native tools' stderr
+    chatter off the terminal and runs training and conversion commands in a supervised child,
+    so a crash of TensorFlow's native code becomes one line. Called with ``argv`` (in-process,
+    e.g. from tests) it runs the command here, as is.
+    """
+    from edgekit import supervise
+
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and not os.environ.get(supervise.CHILD_ENV):
+        command = next((a for a in args if not a.startswith("-")), None)
+        if command in _SUPERVISED and not {"-h", "--help", "--version"} & set(args):
+            code, line = supervise.supervise_cli(args, f"edgekit {command}",
+                                                 retry_onednn_off=_SUPERVISED[command])
+            if line:
+                click.echo(line, err=True)
+            return code
+    if argv is not None or _LOUD_FLAGS & set(args):
+        return _run(args, None)
+    from edgekit.quiet import captured_native_output
+
+    log_path = os.environ.get(supervise.NATIVE_LOG_ENV)
+    with captured_native_output(path=log_path or _new_log()) as native:
+        if log_path:  # a supervised child: a crash's Python stack goes to the log too
+            import faulthandler
+
+            faulthandler.enable(file=2)
+        code = _run(args, native)
+    if not log_path:
+        _drop_unless_kept(native)
+    return code
+
+
+def _new_log() -> str:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="edgekit-native-", suffix=".log")
+    os.close(fd)
+    return path
+
+
+def _drop_unless_kept(native) -> None:
+    if not getattr(native, "kept", False):
+        try:
+            os.unlink(native.path)
+        except OSError:
+            pass
+
+
+def _native_note(native) -> str:
+    """For a failed job: where the tools' own (non-routine) output was kept, if they wrote any."""
+    if native is None:
+        return ""
+    from edgekit.quiet import meaningful_lines
+
+    if not meaningful_lines(native.read()):
+        return ""
+    native.kept = True
+    return f" (the tools' own output: {native.path})"
+
+
+def _run(args, native) -> int:
+    from edgekit import supervise
+
     debug = "--debug" in args
     try:
+        supervise.crash_here_if_asked()
         cli.main(args=args, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
+        note = _native_note(native) if e.exit_code == 1 else ""
+        click.echo(f"error: {e}{note}", err=True)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

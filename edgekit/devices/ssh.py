@@ -29,6 +29,25 @@ from edgekit.errors import DeviceError, HostKeyError
 log = logging.getLogger(__name__)
 
 
+class _ParamikoOnlyWhenDebugging(logging.Filter):
+    """paramiko's transport thread logs each failed handshake as an ERROR traceback (22 lines
+    for a port that answers with something other than SSH), while the connect call raises the
+    same failure to us, which we report in one line. Its records pass only at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+# Logger filters are not inherited: each logger paramiko writes to gets one.
+for _name in ("paramiko", "paramiko.transport", "paramiko.transport.sftp", "paramiko.sftp"):
+    if not any(isinstance(f, _ParamikoOnlyWhenDebugging)
+               for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_ParamikoOnlyWhenDebugging())
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH-style ``SHA256:...`` fingerprint of a public key."""
     digest = hashlib.sha256(key.asbytes()).digest()
