@@ -36,9 +36,9 @@ def float_model(source, options):
         import tf2onnx
 
         try:
-            # from_keras breaks on Keras 3, so convert the traced tf.function instead.
-            model, _ = tf2onnx.convert.from_function(
-                source.tf_function(), input_signature=source.input_signature(), opset=options.opset)
+            model = source.to_onnx(options.opset)
+        except ConversionError:
+            raise
         except Exception as e:  # noqa: BLE001 - tf2onnx raises anything from ValueError to KeyError
             raise ConversionError(
                 f"tf2onnx failed on {source.path.name} at opset {options.opset}: "
@@ -98,6 +98,11 @@ def canonical_names(model) -> None:
                 dim.dim_param = renum(dim.dim_param)
     g.doc_string = _GENERATED.sub("", g.doc_string) if "__inference" not in g.doc_string \
         else "converted by tf2onnx"
+
+
+def source_notes(source) -> list:
+    """How the source was loaded, when that is worth a note in the artifact's pass config."""
+    return list(source.loader_notes()) if hasattr(source, "loader_notes") else []
 
 
 def opset_of(model) -> int:

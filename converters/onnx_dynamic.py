@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from converters.base import PassResult
-from converters.onnx_common import float_model, ort_version, preprocess, workdir
+from converters.onnx_common import float_model, ort_version, preprocess, source_notes, workdir
 from edgekit.errors import ConversionError
 
 
@@ -11,7 +11,7 @@ def convert(source, options, calibration, out_path) -> PassResult:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model, tools = float_model(source, options)
-    notes: list = []
+    notes: list = source_notes(source)
     with workdir() as wd:
         pre = preprocess(model, Path(wd), notes)
         try:

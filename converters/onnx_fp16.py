@@ -8,7 +8,7 @@ read them stay in float32 and the manifest lists them in ``float_ops``.
 import numpy as np
 
 from converters.base import PassResult
-from converters.onnx_common import float_model, ort_version, save
+from converters.onnx_common import float_model, ort_version, save, source_notes
 from edgekit.errors import ConversionError
 
 FP16_MAX = 65504.0
@@ -25,8 +25,9 @@ def convert(source, options, calibration, out_path) -> PassResult:
         raise ConversionError(f"float16 conversion failed: {e}") from e
     save(half, out_path)
     tools["onnxruntime"] = ort_version()
-    notes = [f"{len(float_ops)} node(s) kept in float32: constants beyond the float16 range"] \
-        if float_ops else []
+    notes = source_notes(source)
+    if float_ops:
+        notes.append(f"{len(float_ops)} node(s) kept in float32: constants beyond the float16 range")
     return PassResult(tools=tools, notes=notes, float_ops=float_ops)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from converters.base import PassResult
 from converters.onnx_common import (MIN_QDQ_OPSET, float_model, ort_version, preprocess,
-                                    upgrade_opset, workdir)
+                                    source_notes, upgrade_opset, workdir)
 from converters.options import CalibrationMethod, OnnxQuantFormat
 from converters.repair import equalize as remedies
 from edgekit.errors import ConversionError
@@ -28,7 +28,7 @@ def convert(source, options, calibration, out_path) -> PassResult:
     methods = {CalibrationMethod.MINMAX: OrtMethod.MinMax, CalibrationMethod.ENTROPY: OrtMethod.Entropy,
                CalibrationMethod.PERCENTILE: OrtMethod.Percentile}
     model, tools = float_model(source, options)
-    notes: list = []
+    notes: list = source_notes(source)
     model = upgrade_opset(model, MIN_QDQ_OPSET, notes)
     extra = {"ActivationSymmetric": bool(options.symmetric_activations)}
     if options.calibration_method == CalibrationMethod.PERCENTILE:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from converters.base import PassResult
-from converters.onnx_common import float_model, ort_version, save, workdir
+from converters.onnx_common import float_model, ort_version, save, source_notes, workdir
 from edgekit.errors import ConversionError
 from edgekit.fsutil import atomic_output
 
@@ -83,7 +83,8 @@ def convert(source, options, calibration, out_path) -> PassResult:
             tmp.write_text(text)
     return PassResult(
         tools={**tools, "onnxruntime": ort_version()},
-        notes=[(f"required operators for a reduced-size ONNX Runtime mobile build: {config.name} "
+        notes=[*source_notes(source),
+               (f"required operators for a reduced-size ONNX Runtime mobile build: {config.name} "
                 "(build.sh --minimal_build --include_ops_by_config <that file>)"),
                (f"ORT format written by onnxruntime {ort_version()} (fixed ARM optimizations); "
                 "load it with an onnxruntime of the same or a newer version")])

@@ -28,7 +28,8 @@ def run_converter(source, out_path: Path, configure, notes=None) -> PassResult:
     except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError, ValueError...
         raise ConversionError(f"TFLite converter failed on {source.path.name}: {_summary(e)}") from e
     Path(out_path).write_bytes(flatbuffer)
-    return PassResult(tools={"tensorflow": tf.__version__}, notes=list(notes or []))
+    loader_notes = source.loader_notes() if hasattr(source, "loader_notes") else []
+    return PassResult(tools={"tensorflow": tf.__version__}, notes=[*loader_notes, *(notes or [])])
 
 
 def representative_dataset(calibration):

@@ -27,6 +27,26 @@ class TFSource(Source):
         """A fresh ``tf.lite.TFLiteConverter`` for this model (one per pass: converters are stateful)."""
         raise NotImplementedError
 
+    def to_onnx(self, opset: int):
+        """The float32 ONNX graph of this model, from tf2onnx.
+
+        Args:
+            opset: ONNX opset to convert to.
+
+        Returns:
+            An ``onnx.ModelProto`` whose inputs and outputs carry this source's names.
+        """
+        import tf2onnx
+
+        # from_keras breaks on Keras 3, so convert the traced tf.function instead.
+        model, _ = tf2onnx.convert.from_function(
+            self.tf_function(), input_signature=self.input_signature(), opset=opset)
+        return model
+
+    def loader_notes(self) -> list:
+        """Remarks on how the model was loaded, kept in every artifact's pass notes."""
+        return []
+
     def predict(self, feeds):
         fn = self.tf_function()
         out = fn(**{t.name: feeds[t.name] for t in self.inputs})

@@ -225,3 +225,142 @@ def test_int64_ids_and_mask_onnx_converts_to_every_onnx_target(token_classifier,
         assert art.fidelity.top1_agreement >= 0.97, (art.target, art.fidelity)
         assert abs(art.fidelity.accuracy_drop) <= 0.01, (art.target, art.fidelity)
     assert onnx_ops(arts["onnx-int8"].path)["QuantizeLinear"] >= 2
+
+
+# --- Keras 2 SavedModel with its optimizer state ------------------------------------------------
+
+# Run in a child process: importing tf_keras registers the reviver of its optimizers for the
+# whole process, and the failure only shows where that package is absent (edgekit does not
+# depend on it). The child builds and trains the model with tf_keras' legacy Adam, whose slot
+# variables land in the SavedModel's object graph.
+BUILD_KERAS2 = """
+import sys
+import numpy as np
+import tf_keras
+from calibration_data.digits import load_split
+
+out, ref = sys.argv[1], sys.argv[2]
+tf_keras.utils.set_random_seed(0)
+x, y = load_split("train")
+model = tf_keras.Sequential([
+    tf_keras.layers.Input((8, 8, 1), name="image"),
+    tf_keras.layers.Conv2D(8, 3, activation="relu"),
+    tf_keras.layers.Flatten(),
+    tf_keras.layers.Dense(10, activation="softmax"),
+])
+model.compile(tf_keras.optimizers.legacy.Adam(1e-2), "sparse_categorical_crossentropy")
+model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+model.save(out, save_format="tf")  # include_optimizer=True: the Adam slots are saved too
+np.save(ref, model.predict(load_split("eval")[0], verbose=0))
+"""
+
+# The conversion, in a process where tf_keras cannot be imported (as without the package).
+CONVERT_WITHOUT_TF_KERAS = """
+import json, sys
+sys.modules["tf_keras"] = None
+import numpy as np
+import tensorflow as tf
+from calibration_data.digits import digits_path, load_split
+from converters.sources import load_source
+from edgekit.api import convert
+
+saved, ref, out, targets = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+try:
+    tf.saved_model.load(saved)
+    tf2_error = None
+except Exception as e:
+    tf2_error = f"{type(e).__name__}: {e}"
+src = load_source(saved)
+own = src.predict({"image": load_split("eval")[0]})[0]
+arts = convert(saved, targets, calibration=digits_path("calibration"), eval=digits_path("eval"),
+               out=out)
+print(json.dumps({
+    "tf2_error": tf2_error, "max_abs_diff": float(np.abs(own - np.load(ref)).max()),
+    "inputs": [[t.name, list(t.shape), t.dtype] for t in src.inputs],
+    "artifacts": [{"target": a.target, "agreement": a.fidelity.top1_agreement,
+                   "drop": a.fidelity.accuracy_drop, "source": a.source,
+                   "notes": a.pass_config.get("notes", [])} for a in arts]}))
+"""
+
+
+def _run_python(code: str, *args, timeout=600):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def keras2_savedmodel(tmp_path_factory):
+    """(SavedModel folder, the Keras model's own eval predictions .npy), built by tf_keras."""
+    folder = tmp_path_factory.mktemp("keras2")
+    saved, ref = folder / "digits_keras2", folder / "keras_eval_probs.npy"
+    done = _run_python(BUILD_KERAS2, saved, ref)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((saved / "saved_model.pb").read_bytes())
+    nodes = proto.meta_graphs[0].object_graph_def.nodes
+    # The optimizer and its slot variables are in the SavedModel: the state that trips TF2's loader.
+    assert any(n.slot_variables for n in nodes)
+    return saved, ref
+
+
+@pytest.mark.slow
+def test_keras2_savedmodel_with_optimizer_state_converts_to_every_target(keras2_savedmodel,
+                                                                          tmp_path):
+    import json
+
+    from converters.registry import targets_for
+
+    saved, ref = keras2_savedmodel
+    targets = [t.name for t in targets_for("savedmodel")]
+    done = _run_python(CONVERT_WITHOUT_TF_KERAS, saved, ref, tmp_path / "out", json.dumps(targets))
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "add_slot" in result["tf2_error"]  # the failure this fallback is for
+    assert result["inputs"] == [["image", [None, 8, 8, 1], "float32"]]
+    # The source the artifacts are checked against is the SavedModel itself: its outputs are the
+    # trained Keras model's own predictions.
+    assert result["max_abs_diff"] < 1e-5
+    arts = {a["target"]: a for a in result["artifacts"]}
+    assert sorted(arts) == sorted(targets)
+    for target, art in arts.items():
+        assert art["source"]["loader"] == "tf1-graph", target
+        assert "add_slot" in art["source"]["loader_note"], target
+        assert any("v1 graph path" in n for n in art["notes"]), (target, art["notes"])
+        assert art["agreement"] >= 0.97, (target, art)
+        assert abs(art["drop"]) <= 0.01, (target, art)
+
+
+# --- --debug ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_debug_shows_the_failed_targets_chained_traceback(keras2_savedmodel, tmp_path, capsys):
+    import re
+
+    from edgekit.cli.main import main
+
+    saved, _ = keras2_savedmodel
+    # tf2onnx refuses the opset with its own ValueError, which the pass chains to its error.
+    args = ["convert", str(saved), "--to", "onnx-fp32", "--opset", "99", "--out", str(tmp_path)]
+    assert main(args) == 1
+    plain = capsys.readouterr().err.strip().splitlines()
+    assert len(plain) == 1, plain  # without --debug: one line
+    assert plain[0].startswith("error: 1 of 1 targets failed: onnx-fp32: tf2onnx failed")
+
+    assert main(["--debug", *args]) == 1
+    err = capsys.readouterr().err
+    assert "--- target onnx-fp32 failed:" in err
+    assert "ValueError: make_sure failure: Opset 99" in err  # the tool's own exception...
+    assert re.search(r'File "[^"]*tf2onnx[^"]*\.py", line \d+', err)  # ...with its frames
+    assert "The above exception was the direct cause of the following exception" in err
+    assert "edgekit.errors.ConversionError: tf2onnx failed" in err
+    assert err.rstrip().splitlines()[-1] == plain[0]  # and the same line last
