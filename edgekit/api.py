@@ -54,7 +54,8 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
     Raises:
         InputError (and subclasses): bad model, target, data or output folder; nothing is written.
         ConversionError: one or more targets failed; ``.artifacts`` holds those that succeeded
-            (already in the manifest) and ``.failures`` maps target → message.
+            (already in the manifest), ``.failures`` maps target → message and ``.errors``
+            target → exception (chained to the tool's own error).
     """
     options = options or ConvertOptions()
     emit = on_event or (lambda event, info: None)
@@ -69,7 +70,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
     prep = _prepare(source_path, infos, calibration, eval, options)
 
     stem = source_path.stem if source_path.is_file() else source_path.name
-    artifacts, failures = [], {}
+    artifacts, failures, errors = [], {}, {}
     with _SigintWatch() as interrupt:
         for info in infos:
             emit("start", {"target": info.name})
@@ -82,6 +83,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
                     # interrupt, not a failed target (and TF is unusable for the next one).
                     raise KeyboardInterrupt from e
                 failures[info.name] = str(e)
+                errors[info.name] = e  # with its chained cause, for --debug
                 log.debug("target %s failed", info.name, exc_info=True)
                 emit("failed", {"target": info.name, "error": str(e)})
                 continue
@@ -94,7 +96,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
     if failures:
         err = ConversionError(f"{len(failures)} of {len(infos)} targets failed: " + "; ".join(
             f"{name}: {msg}" for name, msg in failures.items()))
-        err.artifacts, err.failures = artifacts, failures
+        err.artifacts, err.failures, err.errors = artifacts, failures, errors
         raise err
     return artifacts
 

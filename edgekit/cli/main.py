@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 from edgekit.quiet import quiet_environment
 
@@ -148,7 +149,7 @@ def _run(args, native) -> int:
         cli.main(args=args, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as e:
         if debug:
-            raise
+            click.echo(debug_traceback(e), err=True, nl=False)
         note = _native_note(native) if e.exit_code == 1 else ""
         click.echo(f"error: {e}{note}", err=True)
         return e.exit_code
@@ -162,6 +163,27 @@ def _run(args, native) -> int:
         click.echo("interrupted", err=True)
         return 130
     return 0
+
+
+def debug_traceback(error: BaseException) -> str:
+    """The full traceback of ``error`` for ``--debug``: each exception in its chain, down to the
+    tool's own error it was raised from, and (for a convert that failed some targets) the
+    chained traceback of every failed target, which the summary error only names.
+
+    Args:
+        error: the exception that ends the command.
+
+    Returns:
+        The text to print, ending in a newline.
+    """
+    parts = []
+    for target, exc in (getattr(error, "errors", None) or {}).items():
+        parts.append(f"--- target {target} failed:\n")
+        parts.extend(traceback.format_exception(exc))
+    if parts:
+        parts.append("--- summary:\n")
+    parts.extend(traceback.format_exception(error))
+    return "".join(parts)
 
 
 if __name__ == "__main__":
