@@ -158,6 +158,10 @@ def precision_mismatch(target_info, content: ArtifactContent) -> Optional[str]:
 def check_artifact(target_info, path) -> Optional[ArtifactContent]:
     """Audit a pass's output file and refuse it when its precision is not its target's.
 
+    Args:
+        target_info: the ``TargetInfo`` the file was written for.
+        path: the file (its format is the target's, whatever its suffix).
+
     Returns:
         The counts, or None for formats that are not audited (``.ort``).
 
