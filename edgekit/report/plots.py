@@ -101,6 +101,13 @@ def accuracy_vs_latency(rows: list[ArtifactRow], device: str) -> Optional[bytes]
     Returns:
         PNG bytes, or None when no row has both figures.
     """
+    fig = pareto_figure(rows, device)
+    return None if fig is None else _png(fig)
+
+
+def pareto_figure(rows: list[ArtifactRow], device: str):
+    """The accuracy-vs-latency figure (``accuracy_vs_latency`` without the PNG), labels placed
+    by :func:`place_labels`; None when no row has both figures."""
     points = pareto_points(rows)
     if not points:
         return None
@@ -108,22 +115,85 @@ def accuracy_vs_latency(rows: list[ArtifactRow], device: str) -> Optional[bytes]
     on_front = {p[0] for p in front}
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, (label, x, y) in enumerate(sorted(points, key=lambda p: p[1])):
+    points = sorted(points, key=lambda p: p[1])
+    for label, x, y in points:
         ax.plot(x, 100 * y, "o", color="#c44e52" if label in on_front else "#8c8c8c", ms=6)
-        # Staggered labels: artifacts of equal accuracy sit on one line.
-        ax.annotate(label, (x, 100 * y), textcoords="offset points", xytext=(5, 4 - 11 * (i % 3)),
-                    fontsize=8)
     ax.step([p[1] for p in front], [100 * p[2] for p in front], where="post", color="#c44e52",
             lw=1.5, label="Pareto front")
     xs = [p[1] for p in points]
     if min(xs) > 0 and max(xs) / min(xs) > LOG_SCALE_RATIO:
         ax.set_xscale("log")
+    # Room around the points for their labels (the axes' default 5 % puts edge labels outside).
+    ax.margins(x=0.12, y=0.25)
     ax.set_xlabel("p50 latency (ms)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"Accuracy vs latency on {device}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
+    legend = ax.legend(loc="lower right", fontsize=8)
+    place_labels(ax, [(label, x, 100 * y) for label, x, y in points], avoid=[legend])
+    return fig
+
+
+#: Where a label may sit, in points from its point: beside it first, then stacked further up and
+#: down (equal accuracies put many points on one line), left of it last.
+_LABEL_OFFSETS = [(dx, dy) for k in range(12) for dy in ((3 + 11 * k), -(3 + 11 * k))
+                  for dx in (6, -6)]
+
+
+def place_labels(ax, points, *, avoid=(), fontsize: int = 8) -> list:
+    """Label each point where the label overlaps no other label, no point and no ``avoid``
+    artist (the legend), and stays inside the axes: the nearest free spot of
+    ``_LABEL_OFFSETS``; a label moved away from its point gets a thin leader line. When no spot
+    is free, the one inside the axes with the fewest overlaps is used.
+
+    Args:
+        ax: axes whose limits and scales are final.
+        points: ``(label, x, y)`` in data coordinates.
+        avoid: artists labels must not cover.
+        fontsize: label size in points.
+
+    Returns:
+        The annotations, in ``points`` order.
+    """
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()  # final limits and transforms, and a renderer to measure text with
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    pad = 4 * fig.dpi / 72  # a marker's half-size, in pixels
+    taken = [a.get_window_extent(renderer) for a in avoid]
+    for _, x, y in points:
+        px, py = ax.transData.transform((x, y))
+        taken.append(Bbox.from_extents(px - pad, py - pad, px + pad, py + pad))
+    placed = []
+    for label, x, y in points:
+        best, best_score = None, None
+        for i, (dx, dy) in enumerate(_LABEL_OFFSETS):
+            ann = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points",
+                              fontsize=fontsize, ha="left" if dx > 0 else "right",
+                              va="bottom" if dy > 0 else "top")
+            ann.update_positions(renderer)  # where the offset puts it (else done at draw)
+            box = Text.get_window_extent(ann, renderer)  # the text alone, without any leader
+            inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0
+                      and box.y1 <= frame.y1)
+            score = (not inside, sum(box.overlaps(t) for t in taken), i)
+            ann.remove()
+            if best_score is None or score < best_score:
+                best, best_score = (dx, dy, box), score
+            if score[:2] == (False, 0):
+                break
+        dx, dy, box = best
+        far = abs(dy) > 3
+        ann = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points",
+                          fontsize=fontsize, ha="left" if dx > 0 else "right",
+                          va="bottom" if dy > 0 else "top",
+                          arrowprops={"arrowstyle": "-", "color": "#8c8c8c", "lw": 0.6,
+                                      "shrinkA": 0, "shrinkB": 4} if far else None)
+        taken.append(box)
+        placed.append(ann)
+    return placed
 
 
 def size_bars(rows: list[ArtifactRow], device: str) -> Optional[bytes]:
