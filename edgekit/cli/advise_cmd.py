@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
 from edgekit.errors import EdgekitError
 
@@ -76,12 +75,12 @@ def advise_cmd(model, device, calibration, eval_, max_accuracy_drop, objective, 
 
 def print_advice(advice) -> None:
     """The ranked table and the advice lines, on the console (stderr)."""
-    table = Table(title=f"{Path(advice.model).name} on {advice.device}: recipes ranked by "
+    table = FitTable(title=f"{Path(advice.model).name} on {advice.device}: recipes ranked by "
                         f"{advice.objective} (accuracy budget {advice.max_accuracy_drop:g} points)")
     for col in ("rank", "recipe", "size KiB", "size x", "p50 ms", "p90 ms", "latency x",
                 "peak MiB", "top-1 %", "drop pts", "status"):
         table.add_column(col, justify="left" if col in ("recipe", "status") else "right",
-                         overflow="fold")
+                         wrap=col == "status")
     for r in advice.rows:
         color = _STATUS_COLOR.get(r.status, "")
         detail = r.gate_miss or r.error or ""
@@ -93,7 +92,7 @@ def print_advice(advice) -> None:
             _f(100 * r.accuracy if r.accuracy is not None else None, 2)
             + ("" if r.accuracy_source in (None, "device") else " (host)"),
             _f(r.accuracy_drop, 2), status)
-    console.print(table)
+    print_table(table)
     for line in advice.text:
         console.print(f"• {line}", highlight=False, markup=False)
     console.print(f"builds and results.db: {advice.out} (`edgekit report --db "

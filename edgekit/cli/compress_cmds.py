@@ -9,12 +9,12 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 
 
 def size_table(title: str, report: dict) -> Table:
     """Source vs compressed model file: bytes, gzip and zstd (all measured)."""
-    table = Table(title=title)
+    table = FitTable(title=title)
     for col in ("model", "file", "gzip", "zstd", "zstd ×"):
         table.add_column(col, justify="left" if col == "model" else "right")
     src, out = report.get("source_sizes"), report["sizes"]
@@ -76,14 +76,15 @@ def cluster_cmd(model, clusters, per_channel, init, preserve_sparsity, layers, f
     if as_json:
         emit_json({"out": str(out), **report, "warnings": notes})
         return
-    table = Table(title=f"clustering, k = {clusters}{' per channel' if per_channel else ''}")
+    table = FitTable(title=f"clustering, k = {clusters}{' per channel' if per_channel else ''}")
     for col in ("layer", "weights", "unique values", "max per channel"):
-        table.add_column(col, justify="left" if col == "layer" else "right")
+        table.add_column(col, justify="left" if col == "layer" else "right",
+                         wrap=col == "layer")
     for name, lr in report["layers"].items():
         table.add_row(name, f"{lr['weights']:,}", str(lr["unique_values"]),
                       str(lr["max_unique_per_channel"]))
-    console.print(table)
-    console.print(size_table("sizes (measured)", report))
+    print_table(table)
+    print_table(size_table("sizes (measured)", report))
     if report.get("batchnorm_folded"):
         console.print(f"folded {len(report['batchnorm_folded'])} BatchNorm layers into the "
                       f"layer before each (--no-fold-bn to keep them)")

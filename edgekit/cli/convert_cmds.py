@@ -8,7 +8,7 @@ import click
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.spec import format_shape
 
 
@@ -138,7 +138,7 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
                    "failures": failed})
     else:
         if artifacts:  # all failed: the error line says it all
-            console.print(artifact_table(artifacts, failed))
+            print_table(artifact_table(artifacts, failed))
             print_fidelity_notes(artifacts)
     if failed:  # the error line names every failed target and why: one line, not one per target
         raise error
@@ -162,7 +162,7 @@ def _replay_recipe(model, recipe_file, calibration, eval_, out, input_shapes, al
     if as_json:
         emit_json({"out": str(out), "recipe": recipe.name, **result.to_dict()})
         return
-    console.print(artifact_table([result.artifact]))
+    print_table(artifact_table([result.artifact]))
     art = result.artifact
     if result.reproduced:
         console.print(f"recipe {recipe.name}: reproduced the recipe's artifact "
@@ -179,10 +179,10 @@ def artifact_table(artifacts, failed=None) -> Table:
     artifact's task measure (the main output's), its worst SQNR (worst slice of any judged
     output), accuracy with labels; targets that failed are rows too."""
     base = next((a.bytes for a in artifacts if a.precision == "fp32"), None)
-    table = Table(title="artifacts")
+    table = FitTable(title="artifacts")
     for col in ("target", "size", "×fp32", "task", "measure", "worst dB", "acc", "sec"):
         table.add_column(col, justify="left" if col in ("target", "task", "measure") else "right",
-                         no_wrap=col != "measure")
+                         wrap=col in ("task", "measure"))
     for a in artifacts:
         f = a.fidelity
         table.add_row(
@@ -256,22 +256,22 @@ def inspect_cmd(artifact, as_json):
         return
     console.print(f"[bold]{info['path']}[/bold]  {info['format']}  {_size(info['bytes'])}  "
                   f"{info['params']:,} params  {info['op_count']} ops  sha256 {info['sha256'][:16]}…")
-    io = Table(title="inputs / outputs")
+    io = FitTable(title="inputs / outputs")
     for col in ("kind", "name", "shape", "dtype", "scale", "zero point"):
-        io.add_column(col)
+        io.add_column(col, wrap=col in ("name", "scale", "zero point"))
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
             q = t.get("quantization")
             io.add_row(kind[:-1], t["name"], format_shape(t["shape"]), t["dtype"],
                        ",".join(f"{s:.6g}" for s in q["scale"][:4]) if q else "-",
                        ",".join(str(z) for z in q["zero_point"][:4]) if q else "-")
-    console.print(io)
-    ops = Table(title="ops")
+    print_table(io)
+    ops = FitTable(title="ops")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, n in info["ops"].items():
         ops.add_row(op, str(n))
-    console.print(ops)
+    print_table(ops)
 
 
 @click.command("targets")
@@ -286,13 +286,13 @@ def targets_cmd(as_json):
                     "requires": list(t.requires), "options": list(t.options), "summary": t.summary}
                    for t in TARGETS.values()])
         return
-    table = Table(title="targets")
+    table = FitTable(title="targets")
     for col in ("target", "precision", "sources", "calibration", "what it is"):
-        table.add_column(col, no_wrap=col != "what it is")
+        table.add_column(col, wrap=col in ("sources", "what it is"))
     for t in TARGETS.values():
-        table.add_row(t.name, t.precision, ",".join(sorted(t.sources - {"h5"})),
+        table.add_row(t.name, t.precision, ", ".join(sorted(t.sources - {"h5"})),
                       "yes" if t.needs_calibration else "", t.summary)
-    console.print(table)
+    print_table(table)
 
 
 commands = [convert_cmd, inspect_cmd, targets_cmd]

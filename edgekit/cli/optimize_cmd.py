@@ -7,10 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from edgekit.cli.advise_cmd import NoRecipeFits
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
 from edgekit.devices.device import ORT_OPT_LEVELS
 from edgekit.errors import InputError
@@ -206,13 +205,13 @@ def _show(study, as_json) -> None:
 def print_study(study) -> None:
     """The measured recipes (fastest first) with their marks, then the explanation."""
     s = study.settings
-    table = Table(title=f"{Path(s.model).name} on {s.device}: {len(study.trials)} trials, "
+    table = FitTable(title=f"{Path(s.model).name} on {s.device}: {len(study.trials)} trials, "
                         f"objective {s.objective}"
                         + ("" if s.size_metric == "bytes" else f" ({s.size_metric} size)"))
     for col in ("recipe", "marks", "trials", "p50 ms", "side by side ms", "size KiB", "gzip KiB",
                 "peak MiB", "top-1 %", "drop pts", "constraints"):
         table.add_column(col, justify="left" if col in ("recipe", "marks", "constraints")
-                         else "right", overflow="fold")
+                         else "right", wrap=col in ("marks", "constraints"))
     for r in sorted(study.candidates, key=lambda r: r.p50_ms):
         marks = [m for m, on in (("chosen", r.chosen), ("pareto", r.pareto),
                                  (r.role or "", bool(r.role))) if on]
@@ -224,7 +223,7 @@ def print_study(study) -> None:
                       "" if r.accuracy is None else f"{100 * r.accuracy:.2f}",
                       "" if r.accuracy_drop is None else f"{r.accuracy_drop:.2f}",
                       "met" if r.feasible else ", ".join(r.misses))
-    console.print(table)
+    print_table(table)
     for t in study.failed:
         console.print(f"failed trial {t.number} {t.name} ({t.failed_stage}): {t.error}",
                       highlight=False, markup=False)

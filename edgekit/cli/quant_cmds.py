@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 
 
 @click.command("diagnose")
@@ -42,12 +41,12 @@ def diagnose_cmd(model, target, calibration, eval_, input_shapes, top, out, as_j
         f", accuracy {100 * naive['accuracy']:.2f}% (source {100 * naive['source_accuracy']:.2f}%)")
     console.print(f"naive {target}: output SQNR {naive['sqnr_db']:.1f} dB{acc}; gate: "
                   + ("; ".join(report["gate_misses"]) or "passes"))
-    table = Table(title=f"sensitivity ({len(report['ranking'])} groups, most damaging first)")
+    table = FitTable(title=f"sensitivity ({len(report['ranking'])} groups, most damaging first)")
     for col in ("rank", "ops kept in float together", "why"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, wrap=col != "rank")
     for r in report["ranking"][:top]:
         table.add_row(str(r["rank"]), "\n".join(r["nodes"]), r["label"])
-    console.print(table)
+    print_table(table)
     if out:
         console.print(f"full ranking: {out}")
 

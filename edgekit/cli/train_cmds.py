@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 
 _CRITERIA = ["l1", "l2", "bn-gamma", "taylor"]
 
@@ -29,9 +29,9 @@ def _ratio(r: float) -> str:
 
 
 def _cost_table(title: str, rows: list) -> Table:
-    table = Table(title=title)
+    table = FitTable(title=title)
     for col in ("model", "params", "MACs", "fp32 size", "×params", "×MACs"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col == "model" else "right")
     base = rows[0][1]
     for name, prof in rows:
         table.add_row(name, f"{prof.params:,}", f"{prof.macs:,}", f"{prof.fp32_bytes / 1024:.1f} KiB",
@@ -169,7 +169,7 @@ def prune_cmd(model, ratio, criterion, round_to, global_ranking, min_channels, p
         emit_json({"out": str(out), "plan": str(plan_file), **plan.summary(),
                    "before": _totals(before), "after": _totals(after), "warnings": notes})
         return
-    console.print(_cost_table("pruning", [("original", before), ("pruned", after)]))
+    print_table(_cost_table("pruning", [("original", before), ("pruned", after)]))
     console.print(f"{len(plan.pruned_groups)} of {len(plan.groups)} channel groups pruned; "
                   f"wrote {out} and {plan_file}")
 
@@ -201,7 +201,7 @@ def _sparse_technique(model, sparsity, lottery, rounds, rewind_epoch, sparse_tra
     if as_json:
         emit_json({"out": str(out), **report})
         return
-    console.print(size_table(f"{report['technique']}: {100 * report['sparsity_measured']:.1f}% "
+    print_table(size_table(f"{report['technique']}: {100 * report['sparsity_measured']:.1f}% "
                              f"zeros in {report['kernels']} kernels", report))
     console.print(f"wrote {out} and {report['record']}; dense formats do not shrink on disk: "
                   f"ship it compressed")
@@ -222,7 +222,7 @@ def _sparsify(model, sparsity, schedule, pattern, keep_sensitive, train, epochs,
     if as_json:
         emit_json({"out": str(out), **report})
         return
-    table = Table(title="sparsity")
+    table = FitTable(title="sparsity")
     for col in ("model", "sparsity", "file", "gzip"):
         table.add_column(col, justify="left" if col == "model" else "right")
     table.add_row("original", "-", f"{report['dense_bytes'] / 1024:.1f} KiB",
@@ -230,7 +230,7 @@ def _sparsify(model, sparsity, schedule, pattern, keep_sensitive, train, epochs,
     table.add_row("sparse", f"{100 * report['sparsity']:.1f}%",
                   f"{report['sparse_bytes'] / 1024:.1f} KiB",
                   f"{report['sparse_gzip_bytes'] / 1024:.1f} KiB")
-    console.print(table)
+    print_table(table)
     if report["kept_dense"]:
         console.print(f"kept dense: {', '.join(report['kept_dense'])} (--prune-sensitive to "
                       f"prune them too); {100 * report['sparsity_all_kernels']:.1f}% over all "
@@ -309,16 +309,17 @@ def profile_cmd(model, as_json):
     if as_json:
         emit_json(prof.to_dict())
         return
-    table = Table(title=f"{prof.model}")
+    table = FitTable(title=f"{prof.model}")
     cols = ("layer", "class", "output", "params", "MACs", "% MACs", "unique", "zeros")
     for col in cols:
-        table.add_column(col, justify="left" if col in cols[:3] else "right")
+        table.add_column(col, justify="left" if col in cols[:3] else "right",
+                         wrap=col in ("layer", "output"))
     for lp in prof.layers:
         table.add_row(lp.name, lp.class_name, str(list(lp.output_shape)), f"{lp.params:,}",
                       f"{lp.macs:,}", f"{100 * lp.macs / max(1, prof.macs):.1f}",
                       "-" if lp.unique_values is None else f"{lp.unique_values:,}",
                       "-" if lp.sparsity is None else f"{100 * lp.sparsity:.1f}%")
-    console.print(table)
+    print_table(table)
     console.print(f"total: {prof.params:,} params, {prof.macs:,} MACs ({prof.flops:,} FLOPs), "
                   f"{prof.fp32_bytes / 1024:.1f} KiB fp32, {prof.int8_bytes / 1024:.1f} KiB int8")
     if prof.file:
