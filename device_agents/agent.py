@@ -865,6 +865,40 @@ def _eval_feeds(model, data):
     return [data[s["name"]] for s in model.inputs]
 
 
+def _shape_text(shape):
+    return "[%s]" % ",".join("?" if d is None else str(d) for d in shape)
+
+
+def check_eval_shapes(model, arrays):
+    """Refuse eval arrays whose samples are not the model's input shape.
+
+    Each array holds batched samples (``[N, *shape[1:]]``, for an input whose first axis is its
+    batch) or N samples of the full shape (``[N, *shape]``); fixed dims must match, dynamic ones
+    (``None``) take any size. Inputs are never resized to fit: a runtime would run (and time)
+    the model at another size than the one it was built for.
+
+    Raises:
+        AgentModelError: naming the input, the shape expected and the shape found.
+    """
+    for a, spec in zip(arrays, model.inputs):
+        shape, found = list(spec["shape"] or []), list(np.shape(a))
+        if len(found) == len(shape) + 1:
+            want, got = shape, found[1:]
+        elif len(found) == len(shape) and batch_first(shape):
+            want, got = shape[1:], found[1:]
+        else:
+            want, got = None, found
+        if want is None or any(w is not None and w != g for w, g in zip(want, got)):
+            accepted = "[N%s]" % "".join(",%s" % ("?" if d is None else d) for d in shape)
+            if batch_first(shape):
+                accepted = "[N%s] or %s" % (
+                    "".join(",%s" % ("?" if d is None else d) for d in shape[1:]), accepted)
+            raise AgentModelError(
+                "eval data for input %r has shape %s; the model's input is %s, so expected %s "
+                "(the agent does not resize inputs: give data of the model's input size)"
+                % (spec["name"], _shape_text(found), _shape_text(shape), accepted))
+
+
 def _agreement(outs, reference, model):
     ref_keys = list(reference.files)
     result = []
@@ -911,6 +945,7 @@ def measure(args):
     data = np.load(args.eval, allow_pickle=False) if args.eval else None
     if data is not None:
         eval_x = _eval_feeds(model, data)
+        check_eval_shapes(model, eval_x)
         full = eval_full_shape(model, eval_x)
         fixed = model.inputs[0]["shape"][0] if model.inputs and model.inputs[0]["shape"] else None
         if any(full):  # full-shape samples run one at a time (see run_eval)

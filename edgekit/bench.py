@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 from edgekit.artifact import MANIFEST_NAME, Artifact, read_manifest
 from edgekit.devices.device import ORT_OPT_LEVELS, Device, RunSettings
 from edgekit.devices.spec import ConnectOptions, DeviceSpec, load_inventory, parse_device
-from edgekit.errors import DeviceError, InputError
+from edgekit.errors import CalibrationError, DeviceError, InputError
 from edgekit.fsutil import sha256_file
 from edgekit.results import Result, ResultStore, _now
 
@@ -90,6 +90,8 @@ class BenchArtifact:
     format: Optional[str] = None
     precision: Optional[str] = None
     fidelity: Optional[dict] = None
+    #: the model's inputs (TensorSpecs) as the manifest records them; None for a bare file.
+    inputs: Optional[tuple] = None
 
     def describe(self) -> dict:
         return {"path": str(self.path), "name": self.path.name, "sha256": self.sha256,
@@ -107,6 +109,9 @@ def resolve_artifacts(items) -> list[BenchArtifact]:
         items = [items]
     out: list[BenchArtifact] = []
     for item in items:
+        if isinstance(item, BenchArtifact):
+            out.append(item)
+            continue
         if isinstance(item, Artifact):
             out.append(_from_manifest_entry(item))
             continue
@@ -144,7 +149,65 @@ def _from_manifest_entry(a: Artifact) -> BenchArtifact:
         raise InputError(f"{path} changed since it was converted (sha256 {sha[:12]} != manifest "
                          f"{a.sha256[:12]}): re-run `edgekit convert`")
     return BenchArtifact(path, sha, a.target, a.format, a.precision,
-                         a.fidelity.to_dict() if a.fidelity else None)
+                         a.fidelity.to_dict() if a.fidelity else None, tuple(a.inputs))
+
+
+def _input_spec(art: BenchArtifact) -> Optional[list]:
+    """The artifact's inputs: from the manifest, else read with a runtime on this host (None
+    when this host has none for the format: the agent still checks on the device)."""
+    if art.inputs is not None:
+        return list(art.inputs)
+    from device_agents.agent import AgentModelError, NoRuntimeError, load_model
+    from edgekit.spec import TensorSpec
+
+    try:
+        model = load_model(str(art.path), threads=1)
+    except (AgentModelError, NoRuntimeError, ImportError, OSError, RuntimeError) as e:
+        log.debug("cannot read the inputs of %s on this host: %s", art.path.name, e)
+        return None
+    return [TensorSpec(s["name"], tuple(s["shape"] or ()), s["dtype"]) for s in model.inputs]
+
+
+def check_eval_data(arts: Sequence[BenchArtifact], path) -> None:
+    """Refuse eval data whose arrays do not fit every artifact's inputs, before any device is
+    touched: the agent would refuse them on every device (it never resizes an input).
+
+    Raises:
+        CalibrationError: naming the artifact, the input, the shapes expected and found.
+        InputError: a file that is not a readable .npz.
+    """
+    import zipfile
+
+    import numpy as np
+
+    from calibration_data.errors import data_error
+    from calibration_data.layouts import detect_layout
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InputError(f"--eval {path} is not a readable .npz: {e}") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        return  # a bare .npy: the agent says what it expects
+    with data:
+        arrays: dict[str, np.ndarray] = {}
+        for art in arts:
+            spec = _input_spec(art)
+            if not spec:
+                continue
+            try:
+                for s in spec:
+                    key = "x" if "x" in data.files and len(spec) == 1 else s.name
+                    if key not in data.files:
+                        raise data_error(
+                            "eval", path, f"no array for input {s.name!r}: it has "
+                            f"{sorted(data.files)}", hint="name arrays after the model inputs "
+                            f"{[t.name for t in spec]} (or 'x' for a single input)")
+                    if key not in arrays:
+                        arrays[key] = data[key]
+                    detect_layout(arrays[key], s, role="eval", path=path)
+            except CalibrationError as e:
+                raise CalibrationError(f"{art.path.name}: {e}") from e
 
 
 def resolve_devices(devices, inventory=None, ssh_config=None) -> list[DeviceSpec]:
@@ -158,7 +221,7 @@ def resolve_devices(devices, inventory=None, ssh_config=None) -> list[DeviceSpec
 
 def benchmark(artifacts, devices: Sequence[Union[str, DeviceSpec]] = ("local",),
               options: Optional[BenchOptions] = None, *, connect: Optional[ConnectOptions] = None,
-              store: Optional[ResultStore] = None, inventory=None,
+              store: Union[ResultStore, str, Path, None] = None, inventory=None,
               progress: Optional[BenchProgress] = None, **overrides) -> list[Result]:
     """Benchmark every artifact on every device.
 
@@ -167,7 +230,9 @@ def benchmark(artifacts, devices: Sequence[Union[str, DeviceSpec]] = ("local",),
         devices: ``local``, inventory names, ``user@host[:port]``, ssh aliases, or DeviceSpecs.
         options: BenchOptions; keyword ``overrides`` (e.g. ``runs=50``) replace its fields.
         connect: SSH options (host-key policy, ssh_config, timeouts).
-        store: where each result is written as soon as it exists (None: not stored).
+        store: where each result is written as soon as it exists (None: not stored): a
+            ResultStore, or a database location opened only once the inputs are checked (so
+            a bad device or data file leaves no database behind) and closed at the end.
         inventory: a devices.toml to resolve names from.
         progress: called as (device, message, done, total).
 
@@ -177,6 +242,8 @@ def benchmark(artifacts, devices: Sequence[Union[str, DeviceSpec]] = ("local",),
 
     Raises:
         InputError: bad artifacts, devices or options (before anything runs).
+        CalibrationError: eval data that does not fit an artifact's inputs (before anything
+            runs).
     """
     known = {f.name for f in fields(BenchOptions)}
     unknown = set(overrides) - known
@@ -186,6 +253,16 @@ def benchmark(artifacts, devices: Sequence[Union[str, DeviceSpec]] = ("local",),
     connect = connect or ConnectOptions()
     arts = resolve_artifacts(artifacts)
     specs = resolve_devices(devices, inventory, connect.ssh_config)
+    if opts.eval is not None:
+        check_eval_data(arts, opts.eval)
+    if store is None or isinstance(store, ResultStore):
+        return _run(arts, specs, opts, connect, store, progress)
+    with ResultStore(store) as opened:
+        return _run(arts, specs, opts, connect, opened, progress)
+
+
+def _run(arts, specs, opts: BenchOptions, connect: ConnectOptions,
+         store: Optional[ResultStore], progress: Optional[BenchProgress]) -> list[Result]:
     lock = threading.Lock()
 
     def save(result: Result) -> None:

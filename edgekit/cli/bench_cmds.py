@@ -67,7 +67,6 @@ def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, referen
                            xnnpack=xnnpack == "on", ort_opt_level=ort_opt_level,
                            parallel=parallel)
     connect = make_connect(ssh_config, known_hosts, trust_new_host, connect_timeout)
-    store = ResultStore(db)
     lock = threading.Lock()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
@@ -80,12 +79,10 @@ def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, referen
                     tasks[device] = bar.add_task(device, total=total, status="")
                 bar.update(tasks[device], completed=done, status=message[:60])
 
-        try:
-            results = benchmark(list(artifacts), devices=list(devices), options=options,
-                                connect=connect, store=store, inventory=inventory_path(inventory),
-                                progress=progress)
-        finally:
-            store.close()
+        # The database is opened (created) by benchmark() once devices and data are checked.
+        results = benchmark(list(artifacts), devices=list(devices), options=options,
+                            connect=connect, store=db, inventory=inventory_path(inventory),
+                            progress=progress)
     if as_json:
         emit_json([r.to_dict() for r in results])
     else:

@@ -34,13 +34,20 @@ def demo_cmd(out, no_bench, runs, warmup, as_json):
                    "artifacts": [a.to_dict() for a in summary["artifacts"]],
                    "results": [r.to_dict() for r in summary["results"] or []],
                    "report": str(summary["report"])})
-        return
-    console.print(artifact_table(summary["artifacts"]))
-    if summary["results"] is not None:
-        from edgekit.cli.bench_cmds import _print_results
+    else:
+        console.print(artifact_table(summary["artifacts"]))
+        if summary["results"] is not None:
+            from edgekit.cli.bench_cmds import _print_results
 
-        _print_results(summary["results"], "benchmark on local")
-    console.print(f"report: {summary['report']}")
+            _print_results(summary["results"], "benchmark on local")
+        console.print(f"report: {summary['report']}")
+    results = summary["results"] or []
+    failed = [r for r in results if r.failed]
+    if failed:  # the report is written either way; the exit code says the demo did not succeed
+        from edgekit.cli.bench_cmds import BenchFailed
+
+        raise BenchFailed(f"demo: {len(failed)} of {len(results)} benchmark runs on local failed; "
+                          f"first: {failed[0].artifact.get('name')}: {failed[0].error}")
 
 
 commands = [demo_cmd]

@@ -26,6 +26,9 @@ PROTOCOL_VERSION = 1  # the agent protocol this host speaks (device_agents/agent
 #: (the agent holds the same tuple: it never imports edgekit). "all" is ORT's default.
 ORT_OPT_LEVELS = ("disable", "basic", "extended", "all")
 VENV_NAME = "venv"
+#: Written last into a venv `devices setup` built (edgekit.devices.setup): a venv without it is
+#: half-built (another set-up is creating it, or one died) and is never used.
+VENV_MARKER = ".edgekit-complete"
 PIN_NAME = "python.path"  # in the workdir: the absolute interpreter "python3" resolved to
 
 # Runs on the device's Python: verify an uploaded temp file's sha256, then rename it into place.
@@ -127,8 +130,8 @@ class Device:
         """The interpreter the agent runs with: the setup venv if there is one, else the spec's
         (resolved to the absolute path a previous run reported, when that still exists)."""
         if self._python is None:
-            if self.transport.exists(self.venv_python):  # made by `devices setup` from spec.python
-                self._python = self.venv_python
+            if self.transport.exists(posixpath.join(self.workdir, VENV_NAME, VENV_MARKER)):
+                self._python = self.venv_python  # made by `devices setup`, and complete
             elif self.spec.explicit_python:
                 self._python = self.spec.python
             elif self.spec.is_local:

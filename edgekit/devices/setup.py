@@ -2,26 +2,55 @@
 
 On the host, ``pip download`` the wheels that match the device's arch, glibc and Python (from its
 probe); push them into the device cache (content-addressed, so a second setup pushes nothing);
-create ``<workdir>/venv`` (``--system-site-packages``) and ``pip install --no-index`` them there.
-The agent then runs with that venv's Python.
+create a venv (``--system-site-packages``) under a temp name beside ``<workdir>/venv`` and
+``pip install --no-index`` them there; once the agent finds a runtime with it, write the
+completion marker (``VENV_MARKER``) last and rename the venv into place. The agent runs with that
+venv's Python only when the marker is there, so a half-built venv is never used. Set-ups of
+``local`` serialise on an fcntl lock (``<workdir>/venv.lock``); set-ups of one remote board each
+build their own temp venv, and the last rename wins.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import subprocess
 import sys
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgekit.devices.device import VENV_NAME, Device
+from edgekit.devices.device import VENV_MARKER, VENV_NAME, Device
 from edgekit.errors import CommandFailed, DeviceError, InputError
 
 log = logging.getLogger(__name__)
 
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armv8l": "aarch64", "armv7": "armv7l"}
+# Run on the device's base Python (>= 3.8, stdlib only). Mark a built venv complete (the marker
+# written under a temp name, then renamed: it appears whole), then swap it into place; a venv
+# already there (complete or half-built) is moved aside first and removed after.
+_FINISH_VENV = (
+    "import os,shutil,sys,uuid\n"
+    "tmp,final,marker,text=sys.argv[1:5]\n"
+    "m=os.path.join(tmp,marker)\n"
+    "f=open(m+'.tmp','w')\n"
+    "f.write(text)\n"
+    "f.flush()\n"
+    "os.fsync(f.fileno())\n"
+    "f.close()\n"
+    "os.replace(m+'.tmp',m)\n"
+    "old=None\n"
+    "if os.path.lexists(final):\n"
+    "    old=final+'.old-'+uuid.uuid4().hex[:8]\n"
+    "    os.replace(final,old)\n"
+    "os.replace(tmp,final)\n"
+    "if old: shutil.rmtree(old,ignore_errors=True)\n"
+)
+_REMOVE_TREE = "import shutil,sys\nshutil.rmtree(sys.argv[1],ignore_errors=True)\n"
+
 _LEGACY_MANYLINUX = {"x86_64": ("manylinux2014", "manylinux2010", "manylinux1"),
                      "aarch64": ("manylinux2014",), "armv7l": ("manylinux2014",)}
 
@@ -159,7 +188,40 @@ def setup_device(device: Device, options: Optional[SetupOptions] = None,
     before = device.upload_bytes
     remote = [device.ensure_file(w, name=w.name)[0] for w in wheels]
     venv = posixpath.join(device.workdir, VENV_NAME)
-    say("creating the venv")
+    with _setup_lock(device):
+        say("creating the venv")
+        # Built under a temp name: until the rename below, the agent keeps its old interpreter.
+        tmp = f"{venv}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            runtimes = _build_venv(device, base_python, tmp, remote, len(wheels), options, say)
+            res = device.transport.run([base_python, "-c", _FINISH_VENV, tmp, venv, VENV_MARKER,
+                                        json.dumps({"wheels": [w.name for w in wheels]})],
+                                       timeout=300)
+            if not res.ok:
+                raise DeviceError(f"{device.name}: could not move the new venv into place at "
+                                  f"{venv} (exit {res.code}): {res.stderr.strip()[-300:]}")
+        except BaseException:
+            device.use_python(base_python)  # not the temp venv's, which goes now
+            try:
+                device.transport.run([base_python, "-c", _REMOVE_TREE, tmp], timeout=300)
+            except DeviceError as e:  # the set-up's own error is the one to report
+                log.warning("%s: could not remove %s: %s", device.name, tmp, e)
+            raise
+    vpy = posixpath.join(venv, "bin", "python")
+    device.use_python(vpy)
+    say("done")
+    return {"device": device.name, "python": vpy, "wheels": [w.name for w in wheels],
+            "upload_bytes": device.upload_bytes - before, "runtimes": runtimes}
+
+
+def _build_venv(device: Device, base_python: str, venv: str, remote: list, n_wheels: int,
+                options: SetupOptions, say) -> list:
+    """Create ``venv`` on the device and install the pushed wheels; returns the runtimes the
+    agent finds with it.
+
+    Raises:
+        DeviceError: venv creation or pip install failed, or no runtime works afterwards.
+    """
     res = device.transport.run([base_python, "-m", "venv", "--system-site-packages", venv],
                                timeout=300)
     if not res.ok:
@@ -178,8 +240,24 @@ def setup_device(device: Device, options: Optional[SetupOptions] = None,
     device.use_python(vpy)
     after = device.probe()
     if not after.get("runtimes"):
-        raise DeviceError(f"{device.name}: installed {len(wheels)} wheels but the agent finds no "
+        raise DeviceError(f"{device.name}: installed {n_wheels} wheels but the agent finds no "
                           f"runtime with {vpy}")
-    say("done")
-    return {"device": device.name, "python": vpy, "wheels": [w.name for w in wheels],
-            "upload_bytes": device.upload_bytes - before, "runtimes": after["runtimes"]}
+    return after["runtimes"]
+
+
+@contextmanager
+def _setup_lock(device: Device):
+    """Serialise set-ups of ``local`` (this machine's venv) on an fcntl lock in its workdir."""
+    if not device.spec.is_local:
+        yield
+        return
+    import fcntl
+
+    path = Path(device.workdir) / f"{VENV_NAME}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # waits while another set-up builds the venv
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
