@@ -66,8 +66,13 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
     fmt = detect_format(source_path)
     for t in infos:
         check_target_for_source(t, "h5" if fmt == "h5" else fmt)
+    created = _missing_folders(out)
     out = _prepare_out(out)
-    prep = _prepare(source_path, infos, calibration, eval, options)
+    try:
+        prep = _prepare(source_path, infos, calibration, eval, options)
+    except BaseException:
+        _remove_empty(created)
+        raise
 
     stem = source_path.stem if source_path.is_file() else source_path.name
     artifacts, failures, errors = [], {}, {}
@@ -94,6 +99,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
     if artifacts:
         write_manifest(out, artifacts)
     if failures:
+        _remove_empty(created)  # every target failed: leave no empty folder behind
         err = ConversionError(f"{len(failures)} of {len(infos)} targets failed: " + "; ".join(
             f"{name}: {msg}" for name, msg in failures.items()))
         err.artifacts, err.failures, err.errors = artifacts, failures, errors
@@ -457,6 +463,24 @@ def _resolve_targets(targets) -> list[TargetInfo]:
         raise InputError("no targets given; see `edgekit targets`")
     seen = set()
     return [t for t in infos if not (t.name in seen or seen.add(t.name))]
+
+
+def _missing_folders(out) -> list[Path]:
+    """The folders ``_prepare_out`` will create for ``out``, deepest first."""
+    missing, p = [], Path(out)
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this run created (deepest first) while they are still empty."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (something was written), or already gone
+            return
 
 
 def _prepare_out(out) -> Path:
