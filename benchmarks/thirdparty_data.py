@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests" / "thirdparty"))
 
 import models as thirdparty  # noqa: E402
 
-DATA_VERSION = 3
+DATA_VERSION = 4
 CALIB_SAMPLES = 64
 EVAL_SAMPLES = 32
 

