@@ -15,7 +15,9 @@ for ONNX in ``aimet_onnx.cross_layer_equalization``):
 * **Bias correction**. Each quantized Conv/Gemm/MatMul's int8 weights ``W_q`` shift its output's
   mean by ``(W_q - W) · E[x]``; that is subtracted from its bias, with the per-channel ``E[x]``
   of the layer's input from a float run on calibration data (the paper's empirical variant,
-  in its cheap analytic form; border effects of padding are left out).
+  in its cheap analytic form). For a 2-D Conv, ``E[x]`` is taken per kernel tap over the output
+  positions, so zero padding at the borders is accounted for exactly (on the small feature maps
+  at the end of a MobileNet, most positions touch a border).
 
 What is exact and what is left alone:
 
@@ -62,16 +64,20 @@ class EqualizeReport:
         pairs: conv pairs rescaled.
         skipped: why other convs were not paired, reason -> count.
         rounds: rescaling rounds until the scales settled.
+        data_aware: scales balanced activation ranges (calibration data) against weights.
     """
 
     folded_batchnorms: int = 0
     pairs: int = 0
     skipped: dict = field(default_factory=dict)
     rounds: int = 0
+    data_aware: bool = False
 
     def describe(self) -> str:
         why = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items(), key=lambda t: -t[1]))
-        return (f"cross-layer equalization: {self.pairs} conv pairs rescaled in {self.rounds} "
+        return ("cross-layer equalization"
+                + (" (activation ranges vs weight ranges)" if self.data_aware else "")
+                + f": {self.pairs} conv pairs rescaled in {self.rounds} "
                 f"rounds, {self.folded_batchnorms} BatchNorms folded"
                 + (f"; not paired: {why}" if why else ""))
 
@@ -327,11 +333,22 @@ def _in_range(w, group):
     return np.abs(_grouped(w, group)).max(axis=(1, 3)).reshape(-1)
 
 
-def equalize(model) -> EqualizeReport:
+def equalize(model, activation_ranges: dict | None = None) -> EqualizeReport:
     """Cross-layer equalization of ``model`` (an ``onnx.ModelProto``), in place.
 
     BatchNorms are folded first. Then the scales of every pair are recomputed and applied in
     rounds until no scale moves by more than ``SETTLED`` (at most ``MAX_ROUNDS``).
+
+    Args:
+        model: the float model.
+        activation_ranges: the tensor each pair's second conv reads -> its per-channel largest
+            absolute value on calibration data (:func:`activation_ranges`). When given, channel
+            ``i`` balances that activation range against the second conv's input-channel
+            weight range (``s_i = sqrt(a_i / r2_i)``) instead of the first conv's output-channel
+            weight range: with per-channel weight scales, the first conv's rows are quantized
+            alike at any scale, and what per-tensor int8 still sees is the activation tensor
+            between the convs (the criterion SmoothQuant uses with alpha 0.5; the rescaling,
+            and so the float function, are the same).
 
     Returns:
         What was done (:class:`EqualizeReport`).
@@ -346,15 +363,22 @@ def equalize(model) -> EqualizeReport:
     weights = {n.input[1]: gr.array(n.input[1]) for pair in pairs for n in pair}
     biases = {a.input[2]: gr.array(a.input[2]) for a, _ in pairs
               if len(a.input) > 2 and a.input[2]}
+    # The activation ranges as rescaled so far: only the pair's own scale changes its tensor.
+    acts = {b.input[0]: np.asarray(activation_ranges[b.input[0]], np.float64)
+            for _, b in pairs if activation_ranges and b.input[0] in activation_ranges}
+    report.data_aware = bool(acts)
     for report.rounds in range(1, MAX_ROUNDS + 1):
         moved = 0.0
         for a, b in pairs:
             wa, wb, group = weights[a.input[1]], weights[b.input[1]], _attr(b, "group", 1)
-            r1, r2 = _out_range(wa), _in_range(wb, group)
+            r2 = _in_range(wb, group)
+            r1 = acts[b.input[0]] if b.input[0] in acts else _out_range(wa)
             live = (r1 > TINY) & (r2 > TINY)
-            s = np.ones_like(r1)
+            s = np.ones_like(r2)
             s[live] = np.sqrt(r1[live] / r2[live])
             moved = max(moved, float(np.abs(s - 1.0).max()))
+            if b.input[0] in acts:
+                acts[b.input[0]] = acts[b.input[0]] / s
             weights[a.input[1]] = wa / s.reshape((-1,) + (1,) * (wa.ndim - 1))
             if len(a.input) > 2 and a.input[2]:
                 biases[a.input[2]] = biases[a.input[2]] / s
@@ -383,6 +407,7 @@ class _Layer:
     channel_axis: int  # of the weight, = ORT's per-channel axis (the output channel)
     bias_node: object  # the node whose input holds the bias (the layer, or its Add)
     bias_index: int
+    kernel_shape: tuple = ()  # Conv only
 
 
 def _layers(model, exclude, op_types) -> list:
@@ -396,7 +421,7 @@ def _layers(model, exclude, op_types) -> list:
         if w is None or n.input[0] in gr.inits:
             continue
         if n.op_type == "Conv" and w.ndim >= 3:
-            out.append(_Layer(n, n.input[1], n.input[0], 0, n, 2))
+            out.append(_Layer(n, n.input[1], n.input[0], 0, n, 2, tuple(w.shape[2:])))
         elif (n.op_type == "Gemm" and w.ndim == 2 and not _attr(n, "transA", 0)
               and _attr(n, "beta", 1.0) != 0.0):
             out.append(_Layer(n, n.input[1], n.input[0], 0 if _attr(n, "transB", 0) else 1, n, 2))
@@ -426,16 +451,53 @@ def fake_quant_weight(w, channel_axis: int, *, per_channel: bool, reduce_range: 
     return np.clip(np.round(w / scale), -qmax, qmax) * scale
 
 
-def input_means(model, tensors: dict, batches, max_samples: int = BIAS_CORRECTION_SAMPLES) -> dict:
-    """Per-channel mean of tensors of the float ``model`` over up to ``max_samples`` batches.
+def conv_tap_means(x, node, kernel_shape) -> np.ndarray:
+    """For each input channel and kernel tap of the 2-D Conv ``node``, the mean of the input
+    value that tap multiplies, over the batch and every output position (zero where the tap
+    falls in the padding): ``[C, kh, kw]``. The mean of ``Conv(x; dW)`` per output channel is
+    then exactly ``sum(dW * taps)``, borders included."""
+    _, _, h, w = x.shape
+    kh, kw = kernel_shape
+    sh, sw = _attr(node, "strides", [1, 1])
+    dh, dw = _attr(node, "dilations", [1, 1])
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for size, k, st, d in ((h, kh, sh, dh), (w, kw, sw, dw)):
+            total = max((-(-size // st) - 1) * st + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2) if auto == "SAME_UPPER"
+                        else (total - total // 2, total // 2))
+        (pt, pb), (pl, pr) = pads
+    elif auto == "VALID":
+        pt = pb = pl = pr = 0
+    else:
+        pt, pl, pb, pr = _attr(node, "pads", [0, 0, 0, 0])
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    taps = np.empty((x.shape[1], kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                        j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            taps[:, i, j] = window.mean(axis=(0, 2, 3))
+    return taps
+
+
+def layer_input_stats(model, stats: dict, batches,
+                      max_samples: int = BIAS_CORRECTION_SAMPLES, *, reduce: str = "mean") -> dict:
+    """Statistics of tensors of the float ``model`` over up to ``max_samples`` batches.
 
     Args:
         model: the float ``onnx.ModelProto`` (run with ONNX Runtime).
-        tensors: tensor name -> its channel axis (1 for a Conv's NCHW input, -1 for MatMul/Gemm).
+        stats: key -> (tensor name, function of one batch's float64 array -> statistic array).
         batches: feeds ``{input name: array}``.
+        reduce: ``"mean"`` averages each statistic over the batches, ``"max"`` keeps its
+            elementwise largest value.
 
     Returns:
-        tensor name -> float64 means, one per channel.
+        key -> the statistic over the batches.
 
     Raises:
         ConversionError: ONNX Runtime cannot run the model on the calibration data.
@@ -447,9 +509,9 @@ def input_means(model, tensors: dict, batches, max_samples: int = BIAS_CORRECTIO
     aug.CopyFrom(model)
     graph_inputs = {i.name for i in aug.graph.input}
     have = {o.name for o in aug.graph.output}
-    wanted = [t for t in dict.fromkeys(tensors) if t not in graph_inputs]
-    for t in wanted:
-        if t not in have:
+    tensors = list(dict.fromkeys(t for t, _ in stats.values()))
+    for t in tensors:
+        if t not in have and t not in graph_inputs:
             aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
     try:
         sess = ort.InferenceSession(aug.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -465,16 +527,46 @@ def input_means(model, tensors: dict, batches, max_samples: int = BIAS_CORRECTIO
         except Exception as e:  # noqa: BLE001 - ORT raises its own types on bad feeds
             raise ConversionError(f"bias correction: the float model failed on calibration "
                                   f"data: {str(e).strip().splitlines()[0][:300]}") from e
-        values.update({k: v for k, v in feeds.items() if k in tensors})
-        for t, axis in tensors.items():
-            v = np.asarray(values[t], np.float64)
-            axes = tuple(i for i in range(v.ndim) if i != axis % v.ndim)
-            sums[t] = sums.get(t, 0.0) + v.mean(axis=axes)
+        values.update(feeds)
+        for key, (t, fn) in stats.items():
+            v = fn(np.asarray(values[t], np.float64))
+            sums[key] = (sums.get(key, 0.0) + v if reduce == "mean"
+                         else np.maximum(sums[key], v) if key in sums else v)
         count += 1
     if count == 0:
-        raise ConversionError("bias correction needs calibration samples; the calibration set "
-                              "gave none")
-    return {t: s / count for t, s in sums.items()}
+        raise ConversionError("bias correction and data-aware equalization need calibration "
+                              "samples; the calibration set gave none")
+    return {k: v / count if reduce == "mean" else v for k, v in sums.items()}
+
+
+def activation_ranges(model, batches) -> dict:
+    """For each CLE pair of ``model``, the tensor its second conv reads -> that tensor's
+    per-channel largest absolute value over the calibration ``batches`` (float run)."""
+    pairs, _ = find_pairs(model)
+    if not pairs:
+        return {}
+
+    def channel_max(v):
+        return np.abs(v).max(axis=tuple(i for i in range(v.ndim) if i != 1))
+    return layer_input_stats(model, {b.input[0]: (b.input[0], channel_max) for _, b in pairs},
+                             batches, reduce="max")
+
+
+def _stat_for(la):
+    """The input statistic that gives layer ``la``'s output mean shift exactly: per-tap means
+    for a 2-D Conv, per-channel means otherwise (axis 1 for Conv, the last axis for matmuls)."""
+    n = la.node
+    if n.op_type == "Conv":
+        kernel = la.kernel_shape
+
+        def conv_stat(v):
+            if v.ndim == 4 and len(kernel) == 2:
+                return conv_tap_means(v, n, kernel)
+            mean = v.mean(axis=tuple(i for i in range(v.ndim) if i != 1))
+            return np.broadcast_to(mean.reshape((-1,) + (1,) * len(kernel)),
+                                   (mean.size,) + tuple(kernel)).copy()
+        return conv_stat
+    return lambda v: v.reshape(-1, v.shape[-1]).mean(axis=0)
 
 
 def correct_biases(model, batches, *, per_channel: bool = True, reduce_range: bool = False,
@@ -498,22 +590,21 @@ def correct_biases(model, batches, *, per_channel: bool = True, reduce_range: bo
     layers = _layers(model, set(exclude), set(op_types))
     if not layers:
         return 0
-    axes = {la.x: 1 if la.node.op_type == "Conv" else -1 for la in layers}
-    # A tensor read both as a Conv input and as a MatMul input would need two means: skip those.
-    layers = [la for la in layers if axes[la.x] == (1 if la.node.op_type == "Conv" else -1)]
-    means = input_means(model, axes, batches)
+    stats = layer_input_stats(model, {k: (la.x, _stat_for(la)) for k, la in enumerate(layers)},
+                              batches)
     gr = _Graph(model.graph)
     done = 0
-    for la in layers:
+    for k, la in enumerate(layers):
         w = gr.array(la.weight)
         dw = fake_quant_weight(w, la.channel_axis, per_channel=per_channel,
                                reduce_range=reduce_range) - w
-        ex = means[la.x]
+        ex = stats[k]
         n = la.node
         if n.op_type == "Conv":
             group = _attr(n, "group", 1)
-            d = _grouped(dw, group).sum(axis=3)               # [g, M/g, C/g]
-            shift = np.einsum("gmc,gc->gm", d, ex.reshape(group, -1)).reshape(-1)
+            # dW [M, C/g, taps] against the input's per-tap means [C, taps], group by group.
+            shift = np.einsum("gmck,gck->gm", _grouped(dw, group),
+                              ex.reshape(group, w.shape[1], -1)).reshape(-1)
         elif n.op_type == "Gemm":
             wk = dw.T if la.channel_axis == 0 else dw         # [K, N]
             shift = _attr(n, "alpha", 1.0) * (ex @ wk) / _attr(n, "beta", 1.0)
@@ -558,7 +649,13 @@ def prepare(path: Path, options, calibration, workdir: Path, notes: list) -> Pat
 
     model = onnx.load(str(path))
     if options.equalize:
-        notes.append(equalize(model).describe())
+        folded = fold_batchnorms(model)
+        # Per-channel weights make the paper's weight-range criterion moot for the first conv;
+        # balance the activation tensor between the convs instead (see ``equalize``).
+        ranges = activation_ranges(model, calibration.batches(1)) if options.per_channel else None
+        report = equalize(model, ranges)
+        report.folded_batchnorms += folded
+        notes.append(report.describe())
     if options.bias_correction:
         done = correct_biases(model, calibration.batches(1), per_channel=options.per_channel,
                               reduce_range=options.reduce_range,

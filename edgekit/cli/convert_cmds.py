@@ -38,6 +38,12 @@ def _split_targets(value):
 @click.option("--unsigned-activations", is_flag=True,
               help="onnx-int8: uint8 activations (U8S8), often faster than int8 (S8S8) on x86 "
                    "CPUs without VNNI.")
+@click.option("--equalize", is_flag=True,
+              help="onnx-int8: cross-layer equalization of conv pairs before quantizing (the float "
+                   "function is unchanged).")
+@click.option("--bias-correction", is_flag=True,
+              help="onnx-int8: correct each layer's bias for its int8 weights' mean output shift "
+                   "(uses the calibration data).")
 @click.option("--opset", type=int, default=None, help="ONNX opset for Keras/SavedModel sources.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
               help="Pin an input's dynamic dims (repeatable).")
@@ -69,7 +75,8 @@ def _split_targets(value):
               help="With --recipe: training data for a recipe that prunes and fine-tunes.")
 @json_option
 def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_method, percentile,
-                per_tensor, reduce_range, unsigned_activations, opset, input_shapes,
+                per_tensor, reduce_range, unsigned_activations, equalize, bias_correction,
+                opset, input_shapes,
                 calibration_samples, allow_unsafe, max_accuracy_drop, min_agreement, min_sqnr,
                 task, min_task_metric, repair, recipe_file, train, as_json):
     """Convert MODEL to TFLite/ONNX artifacts, verify each against MODEL, write a manifest."""
@@ -82,7 +89,8 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
     if recipe_file is not None:
         given = {"--to": targets, "--float-io": float_io, "--percentile": percentile,
                  "--per-tensor": per_tensor, "--reduce-range": reduce_range,
-                 "--unsigned-activations": unsigned_activations, "--opset": opset,
+                 "--unsigned-activations": unsigned_activations, "--equalize": equalize,
+                 "--bias-correction": bias_correction, "--opset": opset,
                  "--calibration-samples": calibration_samples,
                  "--max-accuracy-drop": max_accuracy_drop, "--min-agreement": min_agreement,
                  "--min-sqnr": min_sqnr, "--auto-mixed-precision": repair,
@@ -102,7 +110,8 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
         float_io=float_io, calibration_method=CalibrationMethod(calibration_method),
         percentile=percentile if percentile is not None else defaults.percentile,
         per_channel=not per_tensor, reduce_range=reduce_range,
-        unsigned_activations=unsigned_activations, opset=opset or defaults.opset,
+        unsigned_activations=unsigned_activations, equalize=equalize,
+        bias_correction=bias_correction, opset=opset or defaults.opset,
         input_shapes=parse_input_shapes(input_shapes), calibration_samples=calibration_samples,
         allow_unsafe=allow_unsafe, max_accuracy_drop=max_accuracy_drop,
         min_top1_agreement=min_agreement, min_sqnr_db=min_sqnr, repair=repair, task=task,

@@ -131,6 +131,37 @@ def test_cle_keeps_the_float_function_and_balances_ranges():
     assert r1.max() / r1.min() < 5  # was 100x apart
 
 
+def test_data_aware_cle_balances_activations_against_weights_and_keeps_the_function():
+    from converters.repair.equalize import activation_ranges
+
+    model = _unbalanced()
+    calib, xs = _inputs(16, seed=6), _inputs(8, seed=1)
+    before = _run(model, xs)
+    ranges = activation_ranges(model, ({"x": x} for x in calib))
+    assert list(ranges) == ["a0"]  # the Relu's output, read by conv2
+    report = equalize(model, ranges)
+    np.testing.assert_allclose(_run(model, xs), before, rtol=1e-4,
+                               atol=1e-4 * np.abs(before).max())
+    assert report.data_aware and "activation ranges" in report.describe()
+    after = activation_ranges(model, ({"x": x} for x in calib))["a0"]
+    w2 = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "conv2_w"))
+    r2 = np.abs(w2).transpose(1, 0, 2, 3).reshape(8, -1).max(1)
+    np.testing.assert_allclose(after, r2, rtol=1e-3)  # a_i / s_i == r2_i * s_i
+    assert ranges["a0"].max() / ranges["a0"].min() > 30 and after.max() / after.min() < 10
+
+
+def test_cle_improves_per_channel_int8_sqnr_through_the_activations(tmp_path):
+    model = _unbalanced()
+    calib, xs = _inputs(32, seed=4), _inputs(16, seed=5)
+    ref = _run(model, xs)
+    naive, _ = _int8(model, tmp_path, ConvertOptions(), calib, "naive")
+    cle, result = _int8(model, tmp_path, ConvertOptions(equalize=True), calib, "cle")
+    naive_db = sqnr_db(ref, _run(naive, xs, optimize=False))
+    cle_db = sqnr_db(ref, _run(cle, xs, optimize=False))
+    assert cle_db >= naive_db + 6.0, (naive_db, cle_db)
+    assert any("activation ranges vs weight ranges" in n for n in result.notes)
+
+
 def test_cle_through_depthwise_converges_and_keeps_the_function():
     model = _depthwise_chain()
     xs = _inputs(4, seed=2)
@@ -188,9 +219,33 @@ def test_bias_correction_removes_the_mean_output_shift(tmp_path):
         path, _ = _int8(model, tmp_path, dataclasses.replace(opts, bias_correction=bc), calib,
                         f"bc{bc}")
         err = _run(path, xs, optimize=False) - ref
-        # Interior pixels only: bias correction assumes every input pixel is real (no padding).
-        shifts[bc] = np.abs(err[..., 1:-1, 1:-1].mean(axis=(0, 1, 3, 4)))
+        shifts[bc] = np.abs(err.mean(axis=(0, 1, 3, 4)))  # borders included
     assert shifts[True].mean() < 0.5 * shifts[False].mean(), shifts
+
+
+@pytest.mark.parametrize("attrs", [dict(pads=[1, 1, 1, 1], strides=[2, 2]),
+                                   dict(auto_pad="SAME_UPPER", strides=[2, 2], group=2),
+                                   dict(pads=[0, 2, 1, 0], dilations=[2, 1])])
+def test_tap_means_give_the_exact_mean_of_a_conv_borders_included(attrs):
+    from converters.repair.equalize import _grouped, conv_tap_means
+
+    rng = np.random.default_rng(13)
+    group = attrs.get("group", 1)
+    dw = rng.normal(0, 1, (4, 4 // group, 3, 3)).astype(np.float32)
+    x = rng.normal(1.0, 1.0, (5, 4, 9, 7)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                        list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(dw, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    measured = sess.run(None, {"x": x})[0].mean(axis=(0, 2, 3))
+    taps = conv_tap_means(x.astype(np.float64), node, (3, 3))
+    predicted = np.einsum("gmck,gck->gm", _grouped(dw, group),
+                          taps.reshape(group, 4 // group, -1)).reshape(-1)
+    np.testing.assert_allclose(predicted, measured, rtol=1e-4, atol=1e-4)
 
 
 def test_correct_biases_changes_only_the_biases():
