@@ -310,3 +310,54 @@ def test_cheaper_remedies_try_int8_keeping_remedies_in_order_of_cost():
     assert all(not o.float_nodes for _, o in remedies)
     assert len(set(names)) == len(names)
     assert cheaper_remedies(get_target("onnx-fp16"), ConvertOptions()) == []
+
+
+def test_cli_flags_reach_the_artifact_and_its_manifest(capsys, tmp_path):
+    import json
+
+    from edgekit.cli.main import main
+
+    model = tmp_path / "unbalanced.onnx"
+    onnx.save(_unbalanced(), str(model))
+    calib, ev = tmp_path / "calib.npz", tmp_path / "eval.npz"
+    np.savez(calib, x=_inputs(32, seed=4)[:, 0])
+    np.savez(ev, x=_inputs(16, seed=5)[:, 0])
+    out = tmp_path / "out"
+    code = main(["convert", str(model), "--to", "onnx-int8", "--calibration", str(calib),
+                 "--eval", str(ev), "--equalize", "--bias-correction", "--out", str(out),
+                 "--json"])
+    assert code == 0, capsys.readouterr().err
+    (artifact,) = json.loads((out / "manifest.json").read_text())["artifacts"]
+    config = artifact["pass"]["config"]
+    assert config["equalize"] is True and config["bias_correction"] is True
+    assert config["quantize_op_types"] == []
+    notes = " ".join(config.get("notes", []))
+    assert "cross-layer equalization" in notes and "bias correction" in notes
+
+
+def test_repair_adopts_equalization_before_keeping_ops_in_float(tmp_path):
+    """Per-tensor int8 of a 64-channel unbalanced pair misses a 25 dB gate; no calibration
+    remedy reaches it (4-11 dB here), cross-layer equalization does, with nothing in float."""
+    import json
+
+    from edgekit.api import convert
+
+    rng = np.random.default_rng(0)
+    f = np.logspace(-1, 1, 64).astype(np.float32)
+    w1 = rng.normal(0, .3, (64, 3, 3, 3)).astype(np.float32) * f[:, None, None, None]
+    w2 = rng.normal(0, .05, (64, 64, 3, 3)).astype(np.float32) / f[None, :, None, None]
+    n1, i1 = _conv("conv1", "x", w1, rng.normal(0, .1, 64).astype(np.float32) * f, "h")
+    n2, i2 = _conv("conv2", "a", w2, np.zeros(64, np.float32), "y")
+    model = tmp_path / "wide.onnx"
+    _model([n1, helper.make_node("Relu", ["h"], ["a"]), n2], i1 + i2, path=model)
+    np.savez(tmp_path / "c.npz", x=_inputs(32, seed=4)[:, 0])
+    np.savez(tmp_path / "e.npz", x=_inputs(16, seed=5)[:, 0])
+    convert(model, ["onnx-int8"], calibration=tmp_path / "c.npz", eval=tmp_path / "e.npz",
+            out=tmp_path / "out", options=ConvertOptions(per_channel=False, min_sqnr_db=25.0,
+                                                         repair=True, task="regression"))
+    (artifact,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"]
+    config = artifact["pass"]["config"]
+    assert config["repair"]["chosen"] == "cross-layer equalization"
+    assert config["equalize"] is True and config["float_nodes"] == []
+    tried = [a["description"] for a in config["repair"]["attempts"]]
+    assert tried.index("cross-layer equalization") == len(tried) - 1  # cheaper ones tried first
