@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from edgekit.bench import BenchOptions, benchmark
 from edgekit.devices.device import ORT_OPT_LEVELS
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
 from edgekit.errors import EdgekitError
 from edgekit.results import DEFAULT_DB, ResultStore, compare
@@ -94,10 +93,11 @@ def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, referen
 
 
 def _print_results(results, title):
-    table = Table(title=title)
+    table = FitTable(title=title)
     for col in ("id", "device", "artifact", "runtime", "p50 ms", "p90 ms", "init ms",
                 "peak MiB", "top-1", "upload B", "status"):
-        table.add_column(col, justify="right" if col.endswith(("ms", "MiB", "B", "1")) else "left")
+        table.add_column(col, justify="right" if col.endswith(("ms", "MiB", "B", "1")) else "left",
+                         wrap=col in ("device", "artifact", "runtime", "status"))
     for r in results:
         m = r.metrics or {}
         lat = m.get("latency_ms") or {}
@@ -111,7 +111,7 @@ def _print_results(results, title):
             _g(lat.get("p90")), _f(m.get("init_ms"), 1), _f(peak / (1 << 20) if peak else None, 1),
             _f(acc, 4), str(r.upload_bytes),
             _status(r))
-    console.print(table)
+    print_table(table)
 
 
 def _g(v):
@@ -195,14 +195,14 @@ def compare_cmd(base_id, new_id, fail_on_regression, db, as_json):
     if as_json:
         emit_json(cmp.to_dict())
     else:
-        table = Table(title=f"result {new_id} vs {base_id}")
+        table = FitTable(title=f"result {new_id} vs {base_id}")
         for col in ("metric", "base", "new", "delta", "noise band", "verdict"):
-            table.add_column(col)
+            table.add_column(col, wrap=col == "metric")
         for m in cmp.metrics:
             color = {"regression": "red", "improvement": "green"}.get(m.verdict, "")
             verdict = f"[{color}]{m.verdict}[/{color}]" if color else m.verdict
             table.add_row(m.name, _g(m.base), _g(m.new), _g(m.delta), _g(m.threshold), verdict)
-        console.print(table)
+        print_table(table)
         if not cmp.same_artifact or not cmp.same_device:
             console.print("note: different " + " and ".join(
                 w for w, same in (("artifacts", cmp.same_artifact), ("devices", cmp.same_device))

@@ -69,7 +69,8 @@ SHORT_HEADERS = {
     "gzip KiB": "gzip", "×fp32": "×", "worst dB": "dB", "calibration": "calib.",
     "precision": "prec.", "fp32 size": "fp32", "×params": "×par", "×MACs": "×MAC",
     "zero point": "zp", "sparsity": "sparse", "unique values": "unique",
-    "max per channel": "max/ch", "conversion": "conv.", "accuracy": "acc",
+    "max per channel": "max/ch", "conversion": "conv.", "accuracy": "acc", "init ms": "init",
+    "upload B": "up B", "noise band": "noise",
 }
 
 # From roomiest to most compact; each applies when the columns that are not free text still fit

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import console, emit_json, json_option, print_table
 
 
 @click.command("demo")
@@ -35,7 +35,7 @@ def demo_cmd(out, no_bench, runs, warmup, as_json):
                    "results": [r.to_dict() for r in summary["results"] or []],
                    "report": str(summary["report"])})
     else:
-        console.print(artifact_table(summary["artifacts"]))
+        print_table(artifact_table(summary["artifacts"]))
         if summary["results"] is not None:
             from edgekit.cli.bench_cmds import _print_results
 

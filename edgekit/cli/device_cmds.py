@@ -6,9 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from edgekit.cli.common import console, emit_json, json_option
+from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.devices.device import Device
 from edgekit.devices.spec import ConnectOptions, default_inventory, load_inventory, parse_device
 
@@ -69,7 +68,9 @@ def probe_cmd(device, inventory, ssh_config, known_hosts, trust_new_host, connec
     if as_json:
         emit_json(doc)
         return
-    table = Table(title=f"device {doc['device']}", show_header=False)
+    table = FitTable(title=f"device {doc['device']}", show_header=False)
+    table.add_column()
+    table.add_column(wrap=True)
     freqs = doc["cpu"]["frequencies"]
     govs = sorted({f.get("governor") or "?" for f in freqs.values()}) or ["n/a"]
     cur = [f["cur_khz"] // 1000 for f in freqs.values() if f.get("cur_khz")]
@@ -91,7 +92,7 @@ def probe_cmd(device, inventory, ssh_config, known_hosts, trust_new_host, connec
     ]
     for k, v in rows:
         table.add_row(k, str(v))
-    console.print(table)
+    print_table(table)
 
 
 @devices.command("setup")
@@ -139,13 +140,13 @@ def list_cmd(inventory, as_json):
     if as_json:
         emit_json({"inventory": str(path) if path else None, "devices": rows})
         return
-    table = Table(title=f"devices in {path or '(no inventory)'}")
+    table = FitTable(title=f"devices in {path or '(no inventory)'}")
     for col in ("name", "host", "user", "port", "tags"):
-        table.add_column(col)
+        table.add_column(col, wrap=col in ("host", "tags"))
     for r in rows:
         table.add_row(r["name"], r["host"], r["user"] or "", str(r["port"] or 22),
-                      ",".join(r["tags"]))
-    console.print(table)
+                      ", ".join(r["tags"]))
+    print_table(table)
 
 
 def _emulation(emu):
