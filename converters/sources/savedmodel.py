@@ -40,6 +40,20 @@ class SavedModelSource(TFSource):
 
     @classmethod
     def load(cls, path: Path, *, input_shapes: dict, allow_unsafe: bool) -> "SavedModelSource":
+        """Load the folder's ``serving_default`` signature (TF2 loader, else the v1 graph path).
+
+        Args:
+            path: the SavedModel folder.
+            input_shapes: input name → full shape, pinning dynamic dims.
+            allow_unsafe: unused (a SavedModel holds no Python code to deserialize).
+
+        Returns:
+            The source; ``v1`` is set when it was loaded through the v1 graph path.
+
+        Raises:
+            ModelLoadError: unreadable folder, or no ``serving_default`` signature.
+            InputError: an ``input_shapes`` entry does not fit the model.
+        """
         import tensorflow as tf
 
         try:
