@@ -1,8 +1,10 @@
 """Automatic mixed precision: repair a quantized artifact that missed its fidelity gate.
 
 The ladder, cheapest first:
-1. calibration remedies (ONNX: percentile and entropy ranges, symmetric activations, per-channel
-   weights) — same size and speed as the naive artifact;
+1. remedies that keep every op INT8 (ONNX: 7-bit weights, percentile and entropy ranges,
+   symmetric activations, per-channel weights, cross-layer equalization, bias correction,
+   Conv/MatMul-only quantization: ``cheaper_remedies``) — about the size and speed of the naive
+   artifact;
 2. rank the quantized ops by the damage they do (``rank_groups``), then keep the top-k groups in
    float, growing k by doubling until the gate passes and bisecting back to the smallest k.
 
@@ -247,7 +249,10 @@ def _adopt(att: Attempt, attempts, out_path: Path, naive_fidelity, groups):
     result.repair = {"chosen": att.description, "options": {
         "calibration_method": att.options.calibration_method.value,
         "symmetric_activations": att.options.symmetric_activations,
-        "per_channel": att.options.per_channel, "float_nodes": list(att.options.float_nodes)},
+        "per_channel": att.options.per_channel, "reduce_range": att.options.reduce_range,
+        "equalize": att.options.equalize, "bias_correction": att.options.bias_correction,
+        "quantize_op_types": list(att.options.quantize_op_types),
+        "float_nodes": list(att.options.float_nodes)},
         "naive_fidelity": naive_fidelity.to_dict(), "size_vs_naive": size_cost,
         "host_p50_ms": {"naive": naive_ms, "repaired": chosen_ms},
         "attempts": [{"description": a.description, "misses": a.misses,
