@@ -272,6 +272,7 @@ sys.modules["tf_keras"] = None
 import numpy as np
 import tensorflow as tf
 from calibration_data.digits import digits_path, load_split
+from converters.options import ConvertOptions
 from converters.sources import load_source
 from edgekit.api import convert
 
@@ -285,7 +286,10 @@ src = load_source(saved)
 own = src.predict({"image": load_split("eval")[0]})[0]
 arts = convert(saved, targets, calibration=digits_path("calibration"), eval=digits_path("eval"),
                out=out)
+pinned = convert(saved, ["tflite-fp32", "onnx-fp32"], eval=digits_path("eval"), out=out + "_pinned",
+                 options=ConvertOptions(input_shapes={"image": (1, 8, 8, 1)}))
 print(json.dumps({
+    "pinned": {a.target: list(a.inputs[0].shape) for a in pinned},
     "tf2_error": tf2_error, "max_abs_diff": float(np.abs(own - np.load(ref)).max()),
     "inputs": [[t.name, list(t.shape), t.dtype] for t in src.inputs],
     "artifacts": [{"target": a.target, "agreement": a.fidelity.top1_agreement,
@@ -331,7 +335,8 @@ def test_keras2_savedmodel_with_optimizer_state_converts_to_every_target(keras2_
 
     saved, ref = keras2_savedmodel
     targets = [t.name for t in targets_for("savedmodel")]
-    done = _run_python(CONVERT_WITHOUT_TF_KERAS, saved, ref, tmp_path / "out", json.dumps(targets))
+    done = _run_python(CONVERT_WITHOUT_TF_KERAS, saved, ref, str(tmp_path / "out"),
+                       json.dumps(targets))
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "add_slot" in result["tf2_error"]  # the failure this fallback is for
@@ -339,6 +344,8 @@ def test_keras2_savedmodel_with_optimizer_state_converts_to_every_target(keras2_
     # The source the artifacts are checked against is the SavedModel itself: its outputs are the
     # trained Keras model's own predictions.
     assert result["max_abs_diff"] < 1e-5
+    # --input-shape pins reach both v1 converters.
+    assert result["pinned"] == {"tflite-fp32": [1, 8, 8, 1], "onnx-fp32": [1, 8, 8, 1]}
     arts = {a["target"]: a for a in result["artifacts"]}
     assert sorted(arts) == sorted(targets)
     for target, art in arts.items():
