@@ -468,3 +468,48 @@ def profile(model: ModelArg):
 
 __all__ = ["cluster", "distill", "load_keras_model", "load_training_data", "lottery_ticket",
            "profile", "prune", "qat", "sparse_train", "sparsify"]
+
+
+_MODEL_IN_OUT = "<the model written to out>"  # stands for a keras.Model crossing processes
+
+
+def supervised(fn, *args, **kwargs):
+    """Run one of this module's training functions (``qat``, ``prune``, ``distill``,
+    ``sparsify``, ``cluster``, ...) in a supervised child process: a crash of TensorFlow's
+    native code raises :class:`edgekit.supervise.NativeCrash` here, after one retry with oneDNN
+    off (``TF_ENABLE_ONEDNN_OPTS=0``), instead of killing this process. Calling the functions
+    directly runs them in this process, unsupervised.
+
+    Models and data go as paths, and ``out`` is required: the child writes the trained model
+    there and it is loaded back here.
+
+    Returns:
+        what ``fn`` returns, each ``keras.Model`` in it replaced by the model loaded from ``out``.
+
+    Raises:
+        InputError: no ``out``; whatever ``fn`` raises; NativeCrash: the child crashed twice.
+    """
+    from edgekit import supervise
+
+    if kwargs.get("out") is None:
+        raise InputError(f"{fn.__name__} in a supervised process needs out= (the .keras file "
+                         f"the trained model is written to)")
+    result = supervise.call(_run_for_parent, fn.__name__, args, kwargs, what=fn.__name__,
+                            retry_onednn_off=True)
+    def restored(value):
+        is_model = isinstance(value, str) and value == _MODEL_IN_OUT
+        return load_keras_model(kwargs["out"]) if is_model else value
+
+    return tuple(restored(r) for r in result) if isinstance(result, tuple) else restored(result)
+
+
+def _run_for_parent(name: str, args: tuple, kwargs: dict):
+    """In the supervised child: run ``name`` and return its result without Keras models."""
+    import keras
+
+    result = globals()[name](*args, **kwargs)
+
+    def plain(value):
+        return _MODEL_IN_OUT if isinstance(value, keras.Model) else value
+
+    return tuple(plain(r) for r in result) if isinstance(result, tuple) else plain(result)

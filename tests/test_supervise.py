@@ -121,3 +121,21 @@ def test_call_reports_a_real_segfault_as_native_crash(monkeypatch):
 def test_call_raises_the_childs_own_error():
     with pytest.raises(InputError, match="no such file: x.npz"):
         supervise.call(refuse, "x.npz")
+
+
+@pytest.mark.slow
+def test_train_api_supervised_gives_back_the_model_after_a_crash(tmp_path, monkeypatch):
+    import keras
+
+    from edgekit import train_api
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16), keras.layers.Dense(8)])
+    model.save(tmp_path / "m.keras")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setenv(supervise.TEST_CRASH_ENV, "SIGSEGV:onednn")
+    clustered, report = train_api.supervised(train_api.cluster, tmp_path / "m.keras", 2,
+                                             out=tmp_path / "c.keras")
+    assert isinstance(clustered, keras.Model)
+    kernel = clustered.layers[0].get_weights()[0]
+    assert len(set(kernel.ravel().tolist())) <= 2  # really clustered, by the retried child
+    assert report["layers"]

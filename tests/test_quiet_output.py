@@ -1,0 +1,157 @@
+"""The tools' native chatter never reaches the user's terminal without --debug / -v: one line on
+stderr for every bad input, on any CPU (oneDNN's banner forced on), and no chatter from a real
+conversion; an SSH port that does not speak SSH is one line, not paramiko's traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from conftest_convert import files_in
+
+# What TensorFlow, absl, LiteRT, oneDNN and XNNPACK print by themselves.
+CHATTER = re.compile(r"absl::InitializeLog|oneDNN|fully_quantize|XNNPACK|cuda|cuInit|"
+                     r"cpu_feature_guard|^[IWE]\d{4} ")
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    # oneDNN on whatever the CPU: TensorFlow then prints its banner on every machine.
+    env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    env.update(extra)
+    return env
+
+
+def _edgekit(*argv, cwd, **extra):
+    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, argv)],
+                          capture_output=True, text=True, timeout=600, cwd=cwd,
+                          env=_env(**extra), check=False)
+
+
+def _lines(text):
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+# --- the capture itself, in a fresh process -----------------------------------------------------
+
+_SCRIPT = textwrap.dedent("""
+    import ctypes, logging, sys
+    from edgekit.quiet import captured_native_output
+
+    logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(message)s")
+    libc = ctypes.CDLL(None)
+    with captured_native_output() as outer:
+        libc.write(2, b"native chatter\\n", 15)
+        print("ours", file=sys.stderr)
+        logging.warning("logged")
+        with captured_native_output():
+            libc.write(2, b"inner chatter\\n", 14)
+    sys.stdout.write(outer.text)
+""")
+
+
+def test_native_writes_are_captured_and_python_lines_still_show(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60, check=True)
+    assert proc.stderr == "ours\nWARNING logged\n"
+    assert proc.stdout == "native chatter\ninner chatter\n"  # the inner capture hands it on
+
+
+# --- the real entry point ----------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "bad calibration", "failed job"])
+def test_one_stderr_line_per_bad_input_even_with_onednn_banner(tmp_path, digits_cnn,
+                                                                sequence_model, case):
+    out = tmp_path / "out"
+    if case == "missing":
+        argv, code = ["convert", tmp_path / "nope.onnx", "--out", out], 2
+    elif case == "bad calibration":
+        import numpy as np
+
+        np.savez(tmp_path / "c.npz", x=np.zeros((4, 3), np.float32))
+        argv = ["convert", digits_cnn.keras, "--to", "tflite-int8", "--calibration",
+                tmp_path / "c.npz", "--out", out]
+        code = 2
+    else:
+        argv = ["convert", sequence_model.keras, "--to", "tflite-int16x8", "--calibration",
+                sequence_model.calibration, "--out", out]
+        code = 1
+    proc = _edgekit(*argv, cwd=tmp_path)
+    lines = _lines(proc.stderr)
+    assert proc.returncode == code, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert proc.stdout == ""
+    assert files_in(out) == []
+
+
+@pytest.mark.slow
+def test_a_conversion_prints_no_chatter(tmp_path, digits_cnn):
+    """tflite-int8 runs the MLIR quantizer (``fully_quantize: ...``) and verification runs the
+    LiteRT interpreter (``Created TensorFlow Lite XNNPACK delegate``)."""
+    proc = _edgekit("convert", digits_cnn.keras, "--to", "tflite-int8,onnx-fp32",
+                    "--calibration", digits_cnn.calibration, "--out", tmp_path / "out",
+                    "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if CHATTER.search(ln)] == [], proc.stderr
+    doc = json.loads(proc.stdout)  # stdout is the JSON document alone
+    assert doc
+
+
+# --- SSH: a listening port that does not speak SSH ----------------------------------------------
+
+def _serve(mode):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def loop():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            if mode == "garbage":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("mode", ["garbage", "close"])
+def test_a_port_that_is_not_ssh_is_one_line(tmp_path, mode):
+    server = _serve(mode)
+    port = server.getsockname()[1]
+    try:
+        proc = _edgekit("devices", "probe", f"ssh://pi@127.0.0.1:{port}", "--known-hosts",
+                        tmp_path / "known_hosts", "--connect-timeout", "3", cwd=tmp_path,
+                        HOME=str(tmp_path))
+    finally:
+        server.close()
+    lines = _lines(proc.stderr)
+    assert proc.returncode == 1, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: cannot connect to") and "Traceback" not in proc.stderr
+
+
+def test_debug_still_shows_paramikos_own_account(tmp_path):
+    server = _serve("garbage")
+    port = server.getsockname()[1]
+    try:
+        proc = _edgekit("--debug", "devices", "probe", f"ssh://pi@127.0.0.1:{port}",
+                        "--known-hosts", tmp_path / "known_hosts", "--connect-timeout", "2",
+                        cwd=tmp_path, HOME=str(tmp_path))
+    finally:
+        server.close()
+    assert proc.returncode == 1
+    assert "paramiko.transport" in proc.stderr and "Error reading SSH protocol banner" in \
+        proc.stderr
