@@ -155,3 +155,27 @@ def test_debug_still_shows_paramikos_own_account(tmp_path):
     assert proc.returncode == 1
     assert "paramiko.transport" in proc.stderr and "Error reading SSH protocol banner" in \
         proc.stderr
+
+
+# --- the device agent: its stdout is the JSON document alone -----------------------------------
+
+@pytest.mark.slow
+def test_agent_stdout_is_its_json_document_alone_with_xnnpack_on(tmp_path):
+    """LiteRT prints ``INFO: Created TensorFlow Lite XNNPACK delegate`` from C++; the measuring
+    child's fd 1 and 2 go to a log, so the host (which parses stdout) reads one JSON line."""
+    from pathlib import Path
+
+    code = ("import tensorflow as tf, keras; m = keras.Sequential([keras.Input((4,)), "
+            "keras.layers.Dense(2)]); open('m.tflite', 'wb').write("
+            "tf.lite.TFLiteConverter.from_keras_model(m).convert())")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True,
+                   timeout=300)
+    agent = Path(__file__).resolve().parent.parent / "device_agents" / "agent.py"
+    proc = subprocess.run([sys.executable, str(agent), "run", "m.tflite", "--runs", "3",
+                           "--warmup", "1"], cwd=tmp_path, capture_output=True, text=True,
+                          env=_env(), timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, proc.stdout
+    doc = json.loads(lines[0])
+    assert doc["ok"] and doc["runtime_settings"]["xnnpack"] is True
