@@ -91,8 +91,11 @@ def main(argv=None) -> int:
     if argv is None and not os.environ.get(supervise.CHILD_ENV):
         command = next((a for a in args if not a.startswith("-")), None)
         if command in _SUPERVISED and not {"-h", "--help", "--version"} & set(args):
-            code, line = supervise.supervise_cli(args, f"edgekit {command}",
-                                                 retry_onednn_off=_SUPERVISED[command])
+            try:
+                code, line = supervise.supervise_cli(args, f"edgekit {command}",
+                                                     retry_onednn_off=_SUPERVISED[command])
+            except KeyboardInterrupt:  # the child got it too, and said "interrupted"
+                return 130
             if line:
                 click.echo(line, err=True)
             return code
