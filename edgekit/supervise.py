@@ -89,12 +89,26 @@ def run_child(argv: Sequence[str], env_extra: Optional[dict] = None,
         code = proc.wait()
     except KeyboardInterrupt:  # the child got the same SIGINT; let it print and stop
         try:
-            code = proc.wait(timeout=10)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            code = proc.wait()
+            proc.wait()
+        _drop_log(Outcome(130, log_path))
         raise
     return Outcome(code, log_path)
+
+
+def die_with_parent() -> None:
+    """Linux: the supervised child is killed when its supervisor dies (e.g. killed by a
+    timeout), instead of training on alone."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError) as e:
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", e)
 
 
 def crash_detail(log_path: Optional[str]) -> str:

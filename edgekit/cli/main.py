@@ -103,32 +103,16 @@ def main(argv=None) -> int:
         return _run(args, None)
     from edgekit.quiet import captured_native_output
 
+    # A supervised child appends to the log its parent owns (and reads after a crash); else the
+    # capture is an unnamed temp file, named only when a failure needs it (_native_note).
     log_path = os.environ.get(supervise.NATIVE_LOG_ENV)
-    with captured_native_output(path=log_path or _new_log()) as native:
-        if log_path:  # a supervised child: a crash's Python stack goes to the log too
+    with captured_native_output(path=log_path) as native:
+        if log_path:
             import faulthandler
 
-            faulthandler.enable(file=2)
-        code = _run(args, native)
-    if not log_path:
-        _drop_unless_kept(native)
-    return code
-
-
-def _new_log() -> str:
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="edgekit-native-", suffix=".log")
-    os.close(fd)
-    return path
-
-
-def _drop_unless_kept(native) -> None:
-    if not getattr(native, "kept", False):
-        try:
-            os.unlink(native.path)
-        except OSError:
-            pass
+            supervise.die_with_parent()
+            faulthandler.enable(file=2)  # a crash's Python stack goes to the log too
+        return _run(args, native)
 
 
 def _native_note(native) -> str:
@@ -137,10 +121,17 @@ def _native_note(native) -> str:
         return ""
     from edgekit.quiet import meaningful_lines
 
-    if not meaningful_lines(native.read()):
+    text = native.read()
+    if not meaningful_lines(text):
         return ""
-    native.kept = True
-    return f" (the tools' own output: {native.path})"
+    path = native.path
+    if path is None:
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="edgekit-tools-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    return f" (the tools' own output: {path})"
 
 
 def _run(args, native) -> int:
