@@ -263,8 +263,14 @@ def _connect_dict(connect) -> dict:
 
 def _spawn_worker(out: Path, index: int) -> subprocess.Popen:
     env = dict(os.environ, EDGEKIT_OPTIMIZE_WORKER=str(index))
+    # The worker's lines go where ours do: the CLI points fd 2 at its capture of native chatter.
+    try:
+        stderr = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # a stream without a descriptor: inherit fd 2
+        stderr = None
     return subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "optimize", "--resume",
-                             str(out), "--worker"], env=env, stdin=subprocess.DEVNULL)
+                             str(out), "--worker"], env=env, stdin=subprocess.DEVNULL,
+                            stderr=stderr)
 
 
 def _probe(device, connect, inventory) -> dict:

@@ -185,10 +185,18 @@ def _drop_log(outcome: Outcome) -> None:
             path.unlink()
 
 
+def take_child_role() -> Optional[str]:
+    """In a process a supervisor started: its native log's path, taken out of the environment
+    (so processes this one starts are not taken for supervised children); None elsewhere."""
+    if not os.environ.pop(CHILD_ENV, None):
+        return None
+    return os.environ.pop(NATIVE_LOG_ENV, None) or os.devnull
+
+
 def crash_here_if_asked() -> None:
-    """Tests: crash this (supervised child) process for real when ``TEST_CRASH_ENV`` says so."""
+    """Tests: crash this supervised child for real when ``TEST_CRASH_ENV`` says so."""
     asked = os.environ.get(TEST_CRASH_ENV)
-    if not asked or not os.environ.get(CHILD_ENV):
+    if not asked:
         return
     name, _, condition = asked.partition(":")
     if condition == "onednn" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
@@ -274,7 +282,7 @@ def _child(conn, fn, args, kwargs):
 
     from edgekit.quiet import captured_native_output
 
-    with captured_native_output(path=os.environ.get(NATIVE_LOG_ENV)):
+    with captured_native_output(path=take_child_role()):
         faulthandler.enable(file=2)  # fd 2 is the native log: the Python stack at a crash
         crash_here_if_asked()
         with warnings.catch_warnings(record=True) as caught:

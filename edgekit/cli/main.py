@@ -88,7 +88,10 @@ def main(argv=None) -> int:
     from edgekit import supervise
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if argv is None and not os.environ.get(supervise.CHILD_ENV):
+    # A supervised child appends its native output to the log its parent owns (and reads after
+    # a crash); otherwise the capture is an unnamed temp file, named only when a failure needs it.
+    child_log = supervise.take_child_role() if argv is None else None
+    if argv is None and child_log is None:
         command = next((a for a in args if not a.startswith("-")), None)
         if command in _SUPERVISED and not {"-h", "--help", "--version"} & set(args):
             try:
@@ -99,20 +102,18 @@ def main(argv=None) -> int:
             if line:
                 click.echo(line, err=True)
             return code
+    if child_log is not None:
+        supervise.die_with_parent()
     if argv is not None or _LOUD_FLAGS & set(args):
-        return _run(args, None)
+        return _run(args, None, child=child_log is not None)
     from edgekit.quiet import captured_native_output
 
-    # A supervised child appends to the log its parent owns (and reads after a crash); else the
-    # capture is an unnamed temp file, named only when a failure needs it (_native_note).
-    log_path = os.environ.get(supervise.NATIVE_LOG_ENV)
-    with captured_native_output(path=log_path) as native:
-        if log_path:
+    with captured_native_output(path=child_log) as native:
+        if child_log is not None:
             import faulthandler
 
-            supervise.die_with_parent()
             faulthandler.enable(file=2)  # a crash's Python stack goes to the log too
-        return _run(args, native)
+        return _run(args, native, child=child_log is not None)
 
 
 def _native_note(native) -> str:
@@ -134,12 +135,13 @@ def _native_note(native) -> str:
     return f" (the tools' own output: {path})"
 
 
-def _run(args, native) -> int:
+def _run(args, native, child: bool = False) -> int:
     from edgekit import supervise
 
     debug = "--debug" in args
     try:
-        supervise.crash_here_if_asked()
+        if child:
+            supervise.crash_here_if_asked()
         cli.main(args=args, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as e:
         if debug:
