@@ -178,35 +178,31 @@ def _prepare(source_path: Path, infos, calibration, eval, options) -> _Prepared:
     return _Prepared(src, calib, feeds, labels, reference, origin)
 
 
-# Without --eval, this share of the calibration samples (at least HOLDOUT_MIN, at most HOLDOUT_MAX)
-# is held apart for verification: judging an artifact on the very samples that set its int8
-# ranges flatters it. Below 2 * HOLDOUT_MIN samples nothing is held apart (and the record says so).
-HOLDOUT_SHARE = 0.25
+# Without --eval, verification runs on the calibration samples the quantizer does not use (it
+# takes up to DEFAULT_CALIBRATION_SAMPLES): judging an artifact on the very samples that set its
+# int8 ranges flatters it. The quantizer's own samples stay exactly what they would be with --eval,
+# so the artifact's bytes do not depend on whether --eval was given. Fewer than HOLDOUT_MIN left
+# over: the calibration samples themselves are used, and the record says so.
 HOLDOUT_MIN = 8
-HOLDOUT_MAX = 200
+HOLDOUT_MAX = 1000
 
 
 def _load_calibration_with_holdout(data, src, options):
     """(calibration set, held-out set or None) from one calibration source."""
     from calibration_data import Dataset, load_dataset
+    from calibration_data.dataset import sample_indices
 
-    if isinstance(data, Dataset):
-        full = data
-    else:
-        full = load_dataset(data, src.inputs, role="calibration")
-    total = len(full)
-    if total < 2 * HOLDOUT_MIN:
-        return _sample_calibration(full, options), None
-    k = int(min(HOLDOUT_MAX, max(HOLDOUT_MIN, round(HOLDOUT_SHARE * total))))
-    explicit = options.calibration_samples
-    if explicit is not None and total - k < explicit:
-        k = total - explicit  # the user's calibration count comes first
-        if k < HOLDOUT_MIN:
-            return _sample_calibration(full, options), None
-    rng = np.random.default_rng(0)
-    order = rng.permutation(total)
-    held, kept = np.sort(order[:k]), np.sort(order[k:])
-    return _sample_calibration(_subset(full, kept), options), _subset(full, held)
+    if not isinstance(data, Dataset) and Path(data).is_dir():  # image folders are read sampled
+        return _load_data(data, src, "calibration", options), None
+    full = data if isinstance(data, Dataset) else load_dataset(data, src.inputs, role="calibration")
+    explicit = options.calibration_samples is not None
+    n = options.calibration_samples if explicit else DEFAULT_CALIBRATION_SAMPLES
+    calib = full.take(n, strict=explicit)
+    if len(full) - n < HOLDOUT_MIN:
+        return calib, None
+    used = sample_indices(len(full), n, full.labels, 0)  # the samples take() kept
+    rest = np.setdiff1d(np.arange(len(full)), used)[:HOLDOUT_MAX]
+    return calib, _subset(full, rest)
 
 
 def _subset(ds, idx):
@@ -218,12 +214,6 @@ def _subset(ds, idx):
     out.labels = None if ds.labels is None else ds.labels[idx]
     out._fingerprint = None
     return out
-
-
-def _sample_calibration(ds, options):
-    explicit = options.calibration_samples is not None
-    n = options.calibration_samples if explicit else DEFAULT_CALIBRATION_SAMPLES
-    return ds.take(n, strict=explicit)
 
 
 def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,

@@ -84,12 +84,17 @@ def run_child(argv: Sequence[str], env_extra: Optional[dict] = None,
         fd, log_path = tempfile.mkstemp(prefix="edgekit-native-", suffix=".log")
         os.close(fd)
     env = dict(os.environ, **{CHILD_ENV: "1", NATIVE_LOG_ENV: log_path}, **(env_extra or {}))
-    proc = subprocess.Popen(list(argv), env=env)
+    # The child has a process group of its own, so a Ctrl-C (SIGINT to the terminal's foreground
+    # group) or a `kill -INT` of this process reaches it exactly once: forwarded from here. A
+    # second SIGINT inside its cleanup could break the promise of no half-written file.
+    proc = subprocess.Popen(list(argv), env=env, preexec_fn=os.setpgrp)
     try:
         code = proc.wait()
-    except KeyboardInterrupt:  # the child got the same SIGINT; let it print and stop
+    except KeyboardInterrupt:  # forward it; the child stops cleanly and prints its line
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

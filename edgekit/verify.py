@@ -175,7 +175,7 @@ def fidelity(loaded, source, feeds: dict, reference: list[np.ndarray], labels=No
     for name, ref, got in per_output:
         of = judge_output(name, ref, got, task=task, precision_kind=precision_kind, inputs=feeds,
                           labels=None if labels_used else labels)
-        if of.task == "classification" and labels is not None:
+        if "accuracy" in of.details:
             labels_used = True
         outs.append(of)
     if task in (Task.AUTO, Task.DETECTION):
@@ -190,8 +190,9 @@ def fidelity(loaded, source, feeds: dict, reference: list[np.ndarray], labels=No
     judged = [o for o in outs if o.judged] or outs
     first_cls = next((o for o in outs if o.task == "classification"), None)
     agreement = first_cls.metric["value"] if first_cls else None
-    accuracy = first_cls.details.get("accuracy") if first_cls else None
-    source_accuracy = first_cls.details.get("source_accuracy") if first_cls else None
+    with_acc = next((o for o in outs if "accuracy" in o.details), None)
+    accuracy = with_acc.details["accuracy"] if with_acc else None
+    source_accuracy = with_acc.details["source_accuracy"] if with_acc else None
     tasks = [o.task for o in outs if o.judged]
     main = "detection" if "detection" in tasks else (tasks[0] if tasks else None)
     return Fidelity(samples=int(per_output[0][1].shape[0]) if per_output[0][1].ndim else 1,
