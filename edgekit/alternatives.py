@@ -25,12 +25,16 @@ MAX_REPAIR_SIZE_RATIO = 0.6
 # ... and must run at least half of its compute (MAC-weighted where known) in INT8.
 MAX_FLOAT_COMPUTE_SHARE = 0.5
 
-FLOAT_TWIN = {"onnx": ("onnx-fp32", "onnx-fp16"), "tflite": ("tflite-fp32", "tflite-fp16")}
+# The FP32 artifact (for sizes), then the alternatives offered, cheapest in bytes first: INT8
+# weights with float activations (no calibration; often enough where static INT8 is not), FP16.
+FLOAT_TWIN = {"onnx": ("onnx-fp32", "onnx-dynamic", "onnx-fp16"),
+              "tflite": ("tflite-fp32", "tflite-dynamic", "tflite-fp16")}
 
 
 def _measure_floats(info, prep, options) -> Optional[dict]:
-    """Convert and verify the FP32 and FP16 targets of ``info``'s format once per conversion run:
-    ``{"fp32_bytes", "fp16": {"target", "bytes", "fidelity", "misses"}}`` (``None`` if they fail)."""
+    """Convert and verify the alternatives of ``info``'s format once per conversion run:
+    ``{"fp32_bytes", "alternatives": [{"target", "bytes", "fidelity", "misses"}]}`` (``None`` if
+    they fail)."""
     cache = getattr(prep, "_floats", None)
     if cache is not None:
         return cache or None
@@ -38,43 +42,45 @@ def _measure_floats(info, prep, options) -> Optional[dict]:
     from edgekit.api import _evaluate, _gate, _quiet_tools
 
     out: dict = {}
-    names = FLOAT_TWIN.get(info.format)
-    if names:
-        try:
-            with tempfile.TemporaryDirectory(prefix="edgekit-alt-") as wd:
-                for name in names:
-                    t = get_target(name)
-                    path = Path(wd) / f"alt.{name}.{t.format}"
-                    with _quiet_tools():
-                        t.load()(prep.src, options, prep.calib, path)
-                    size = path.stat().st_size
-                    if name.endswith("fp32"):
-                        out["fp32_bytes"] = size
-                        continue
-                    fid = _evaluate(t, path, prep, options)[0]
-                    out["fp16"] = {"target": name, "bytes": size, "fidelity": fid,
-                                   "misses": _gate(t, fid, options).misses(fid)}
-        except (EdgekitError, OSError) as e:
-            log.info("could not measure the float alternative: %s", e)
-            out = {}
+    with tempfile.TemporaryDirectory(prefix="edgekit-alt-") as wd:
+        for name in FLOAT_TWIN.get(info.format, ()):
+            t = get_target(name)
+            path = Path(wd) / f"alt.{name}.{t.format}"
+            try:
+                with _quiet_tools():
+                    t.load()(prep.src, options, prep.calib, path)
+                size = path.stat().st_size
+                if name.endswith("fp32"):
+                    out["fp32_bytes"] = size
+                    continue
+                fid = _evaluate(t, path, prep, options)[0]
+            except (EdgekitError, OSError) as e:  # an alternative that fails is not offered
+                log.info("could not measure the alternative %s: %s", name, e)
+                continue
+            out.setdefault("alternatives", []).append(
+                {"target": name, "bytes": size, "fidelity": fid,
+                 "misses": _gate(t, fid, options).misses(fid)})
     prep._floats = out
     return out or None
 
 
 def alternative_text(info, prep, options) -> str:
-    """One phrase naming the measured FP16 alternative and quantization-aware training."""
+    """One phrase naming the measured alternatives (INT8 weights only, FP16) and QAT."""
     from edgekit.fidelity.tasks import metric_text
 
     floats = _measure_floats(info, prep, options)
     parts = []
-    if floats and "fp16" in floats:
-        f = floats["fp16"]
+    for f in (floats or {}).get("alternatives", []):
+        if f["target"] == info.name:
+            continue
         main = f["fidelity"].main_output
         ratio = (f"{f['bytes'] / floats['fp32_bytes']:.2f}x the FP32 size"
                  if floats.get("fp32_bytes") else f"{f['bytes']} bytes")
-        verdict = "meets the gate" if not f["misses"] else "misses the gate too"
-        parts.append(f"measured alternative: {f['target']} {verdict} "
-                     f"({metric_text(main.metric if main else None)}) at {ratio}")
+        verdict = "meets the gate" if not f["misses"] else "misses it too"
+        parts.append(f"{f['target']} {verdict} ({metric_text(main.metric if main else None)}) "
+                     f"at {ratio}")
+    if parts:
+        parts = ["measured alternatives: " + ", ".join(parts)]
     if prep.src.format in ("keras", "h5", "savedmodel"):
         parts.append("or fine-tune for INT8 with quantization-aware training (`edgekit qat`)")
     else:

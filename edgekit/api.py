@@ -328,7 +328,7 @@ def _run_target(info, prep: _Prepared, options, final: Path) -> Artifact:
         gate = _gate(info, fid, options)
         verdict = gate.check(fid)
         repaired = False
-        if verdict.misses and options.repair and info.precision in QUANTIZED:
+        if options.repair and info.precision in QUANTIZED and (verdict.misses or verdict.uncertain):
             from converters.repair import repair
 
             with _quiet_tools():

@@ -52,9 +52,12 @@ class Gate:
     min_cosine: Optional[float] = None
     precision_kind: str = "quantized"
 
-    def misses(self, f: Fidelity) -> list[str]:
-        """One phrase per threshold ``f`` misses in a way that refuses it (empty: it ships)."""
-        return self.check(f).misses
+    def misses(self, f: Fidelity, *, strict: bool = False) -> list[str]:
+        """One phrase per threshold ``f`` misses in a way that refuses it (empty: it ships).
+        ``strict`` also counts figures below their bar that the samples cannot tell from a pass
+        (the repair aims at the bar itself, not at its interval)."""
+        v = self.check(f)
+        return v.misses + (v.uncertain if strict else [])
 
     def check(self, f: Fidelity) -> "Verdict":
         """Refusing misses and advisory warnings for ``f``."""
@@ -86,6 +89,7 @@ class Gate:
                 elif decisive:
                     v.misses.append(label + text)
                 else:
+                    v.uncertain.append(label + text)
                     more = f"; about {needed} samples would decide it" if needed else ""
                     v.warnings.append(f"{label}{text}, but {f.samples} samples cannot tell it from "
                                       f"a pass{more} (pass more --eval samples)")
@@ -204,6 +208,7 @@ class Verdict:
 
     misses: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    uncertain: list[str] = field(default_factory=list)  # below the bar, within the interval
 
 
 def _rate_miss(name, value, ci, bar, percent=True):

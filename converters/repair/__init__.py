@@ -181,7 +181,7 @@ def _attempt(info, src, opts, calib, out_path, evaluate, gate, description):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return None
-    misses = gate.misses(fid)
+    misses = gate.misses(fid, strict=True)
     log.info("repair attempt %r: %s", description, "; ".join(misses) or "meets the gate")
     return Attempt(description, opts, result, fid, io, path, misses, gate.margin(fid))
 

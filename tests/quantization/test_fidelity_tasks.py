@@ -153,7 +153,8 @@ def test_naive_int8_detector_is_refused_and_names_the_measured_alternative(detec
                 eval=photos / "eval.npz", out=tmp_path / "b")
     msg = err.value.failures["onnx-int8"]
     assert "detection F1" in msg and "--auto-mixed-precision" in msg
-    assert "measured alternative: onnx-fp16 meets the gate" in msg and "0.50x the FP32 size" in msg
+    assert "measured alternatives:" in msg and "onnx-fp16 meets the gate" in msg
+    assert "0.50x the FP32 size" in msg and "onnx-dynamic" in msg
     assert not (tmp_path / "b" / "yolo_head.onnx-int8.onnx").exists()
     fp32 = err.value.artifacts[0]
     assert fp32.fidelity.task == "detection" and fp32.fidelity.task_metric["value"] == 1.0
