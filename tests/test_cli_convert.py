@@ -370,6 +370,8 @@ def test_targets_json_is_the_registry(capsys):
 
 def _edgekit(*argv, cwd):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    # oneDNN on whatever the CPU: TensorFlow then prints its banner on every machine.
+    env["TF_ENABLE_ONEDNN_OPTS"] = "1"
     return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, argv)],
                           capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
                           check=False)

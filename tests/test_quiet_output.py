@@ -14,7 +14,6 @@ import textwrap
 import threading
 
 import pytest
-from conftest_convert import files_in
 
 # What TensorFlow, absl, LiteRT, oneDNN and XNNPACK print by themselves.
 CHATTER = re.compile(r"absl::InitializeLog|oneDNN|fully_quantize|XNNPACK|cuda|cuInit|"
@@ -67,30 +66,8 @@ def test_native_writes_are_captured_and_python_lines_still_show(tmp_path):
 
 # --- the real entry point ----------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", ["missing", "bad calibration", "failed job"])
-def test_one_stderr_line_per_bad_input_even_with_onednn_banner(tmp_path, digits_cnn,
-                                                                sequence_model, case):
-    out = tmp_path / "out"
-    if case == "missing":
-        argv, code = ["convert", tmp_path / "nope.onnx", "--out", out], 2
-    elif case == "bad calibration":
-        import numpy as np
-
-        np.savez(tmp_path / "c.npz", x=np.zeros((4, 3), np.float32))
-        argv = ["convert", digits_cnn.keras, "--to", "tflite-int8", "--calibration",
-                tmp_path / "c.npz", "--out", out]
-        code = 2
-    else:
-        argv = ["convert", sequence_model.keras, "--to", "tflite-int16x8", "--calibration",
-                sequence_model.calibration, "--out", out]
-        code = 1
-    proc = _edgekit(*argv, cwd=tmp_path)
-    lines = _lines(proc.stderr)
-    assert proc.returncode == code, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert proc.stdout == ""
-    assert files_in(out) == []
+# One stderr line per bad input, with oneDNN's banner forced on: tests/test_cli_convert.py's
+# test_entry_point_prints_exactly_one_line.
 
 
 @pytest.mark.slow

@@ -71,15 +71,9 @@ def _plain(cell: str) -> str:
 # --- real tables, built by the commands' own functions ----------------------------------------
 
 def targets_table():
-    from converters.registry import TARGETS
+    from edgekit.cli.convert_cmds import targets_table as build
 
-    table = FitTable(title="targets")
-    for col in ("target", "precision", "sources", "calibration", "what it is"):
-        table.add_column(col, wrap=col in ("sources", "what it is"))
-    for t in TARGETS.values():
-        table.add_row(t.name, t.precision, ", ".join(sorted(t.sources - {"h5"})),
-                      "yes" if t.needs_calibration else "", t.summary)
-    return table
+    return build()
 
 
 def advice_table(monkeypatch):

@@ -295,13 +295,20 @@ def targets_cmd(as_json):
                     "requires": list(t.requires), "options": list(t.options), "summary": t.summary}
                    for t in TARGETS.values()])
         return
+    print_table(targets_table())
+
+
+def targets_table() -> FitTable:
+    """The registry as a table: target, precision, sources, calibration, what it is."""
+    from converters.registry import TARGETS
+
     table = FitTable(title="targets")
     for col in ("target", "precision", "sources", "calibration", "what it is"):
         table.add_column(col, wrap=col in ("sources", "what it is"))
     for t in TARGETS.values():
         table.add_row(t.name, t.precision, ", ".join(sorted(t.sources - {"h5"})),
                       "yes" if t.needs_calibration else "", t.summary)
-    print_table(table)
+    return table
 
 
 commands = [convert_cmd, inspect_cmd, targets_cmd]
