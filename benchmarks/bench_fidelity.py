@@ -8,7 +8,7 @@ wheels (``tests/thirdparty/models.py``), real data (``thirdparty_data.py``), sid
 - edgekit's default ``onnx-int8``, which the gate may refuse (the refusal is an outcome);
 - repaired ``onnx-int8`` (``ConvertOptions(repair=True)``, the CLI's --auto-mixed-precision).
 
-    python benchmarks/bench_fidelity.py                      # every model (~15 min on 2 cores)
+    python benchmarks/bench_fidelity.py                      # every model (23-25 min, 2 busy cores)
     python benchmarks/bench_fidelity.py --only nudenet minilm
     python benchmarks/bench_fidelity.py --quick              # fewer latency rounds, no repair
                                                              # on models the default already ships

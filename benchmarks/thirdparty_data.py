@@ -103,7 +103,8 @@ def faces(n: int, size: int, seed: int) -> list:
         for r in range(k):
             for c in range(k):
                 face = lfw[int(rng.integers(len(lfw)))]
-                canvas[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = resize(face, (cell, cell))
+                rows, cols = slice(r * cell, (r + 1) * cell), slice(c * cell, (c + 1) * cell)
+                canvas[rows, cols] = resize(face, (cell, cell))
         out.append(_rgb(canvas))
     return out
 
@@ -348,7 +349,8 @@ def speech(sentences, seed: int, rate: int = 16000) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         for i, text in enumerate(sentences):
             wav = Path(tmp) / f"{i}.wav"
-            subprocess.run([exe, "-v", VOICES[i % len(VOICES)], "-s", str(int(rng.integers(140, 190))),
+            words_per_minute = str(int(rng.integers(140, 190)))
+            subprocess.run([exe, "-v", VOICES[i % len(VOICES)], "-s", words_per_minute,
                             "-w", str(wav), text], check=True, capture_output=True)
             sr, audio = wavfile.read(wav)
             audio = resample_poly(audio.astype(np.float32) / 32768.0, rate, sr)
