@@ -83,7 +83,7 @@ def alternative_text(info, prep, options) -> str:
         parts = ["measured alternatives: " + ", ".join(parts)]
     if prep.src.format in ("keras", "h5", "savedmodel"):
         parts.append("or fine-tune for INT8 with quantization-aware training (`edgekit qat`)")
-    else:
+    elif info.format == "tflite":
         parts.append("or quantization-aware training from the original Keras model (`edgekit qat`)")
     return "; ".join(parts)
 

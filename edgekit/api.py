@@ -346,7 +346,13 @@ def _run_target(info, prep: _Prepared, options, final: Path) -> Artifact:
             log.info("%s: %s", info.name, w)
         from converters.content import check_artifact
 
-        content = check_artifact(info, tmp)  # refuses a file whose precision is not its target's
+        try:  # refuses a file whose precision is not its target's
+            content = check_artifact(info, tmp)
+        except VerificationError as e:
+            from edgekit.alternatives import alternative_text
+
+            alt = alternative_text(info, prep, options)
+            raise VerificationError(f"{e}; {alt}" if alt else str(e)) from e
         size, digest = tmp.stat().st_size, sha256_file(tmp)
     config = (result.options or options).subset(info.options)
     config["gate"] = gate.to_dict()
