@@ -70,8 +70,7 @@ TARGETS: dict[str, TargetInfo] = {t.name: t for t in [
                 "quantize_op_types"),
                "converters.onnx_int8", "ONNX, static int8 QDQ (per-channel weights, ORT pre-processing)"),
     TargetInfo("onnx-dynamic", "onnx", "dynamic-int8", TF_SOURCES | ONNX_SOURCES, False, _TF_ONNX + _ORT,
-               ("opset", "per_channel"), "converters.onnx_dynamic",
-               "ONNX, int8 weights (per-channel), activations quantized at run time"),
+               ("opset",), "converters.onnx_dynamic", "ONNX, int8 weights, activations quantized at run time"),
     TargetInfo("ort", "ort", "fp32", TF_SOURCES | ONNX_SOURCES, False, _TF_ONNX + _ORT, ("opset",),
                "converters.ort", "ONNX Runtime mobile format (.ort), float32, plus the "
                "required_operators.config for a reduced-size build"),
