@@ -230,15 +230,17 @@ def _worst_db(f) -> str:
 def print_fidelity_notes(artifacts) -> None:
     """Where the verdicts come from (the data) and what they cannot show (warnings)."""
     origins = {a.fidelity.data_origin for a in artifacts if a.fidelity and a.fidelity.data_origin}
-    words = {"calibration-holdout": "calibration samples held apart from the quantizer (no --eval)",
-             "calibration": "the calibration samples themselves (too few to hold any apart)",
+    words = {"calibration-holdout": "calibration samples the quantizer did not use (no --eval)",
+             "calibration": "calibration samples, the quantizer's own (none left over to hold "
+                            "apart): pass --eval with real samples",
              "synthetic": "made-up inputs: verdicts are advisory; pass --eval with real samples"}
     for o in sorted(origins & set(words)):
         n = next(a.fidelity.samples for a in artifacts if a.fidelity and a.fidelity.data_origin == o)
         console.print(f"verified on {n} {words[o]}", highlight=False, markup=False)
     for a in artifacts:
         for w in (a.fidelity.warnings if a.fidelity else []):
-            console.print(f"warning: {a.target}: {w}", highlight=False, markup=False)
+            if not w.startswith("verified on the calibration samples"):  # said once above
+                console.print(f"warning: {a.target}: {w}", highlight=False, markup=False)
 
 
 def _pct(v):
