@@ -288,6 +288,16 @@ class Tally:
                                "macs" if by_macs else "params")
 
 
+def op_kind(*, qdq: bool, quantized: bool, has_weight: bool) -> str:
+    """One op's kind (``KINDS``): a quantize/dequantize op, an op running int8, a float op with a
+    compute weight, or anything else. Both readers classify with this one rule."""
+    if qdq:
+        return "quantize_dequantize"
+    if quantized:
+        return "quantized"
+    return "float_compute" if has_weight else "other"
+
+
 def spatial_size(shape, start: int, stop: Optional[int] = None) -> Optional[int]:
     """Product of ``shape[start:stop]``, or None when a dim there is unknown (None, <= 0)."""
     dims = list(shape)[start:stop]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.content import INT8_DTYPES, ArtifactContent, Tally, spatial_size
+from converters.content import INT8_DTYPES, ArtifactContent, Tally, op_kind, spatial_size
 from edgekit.errors import ModelLoadError
 
 # op -> index of its weight input
@@ -87,15 +87,9 @@ def audit_onnx(path: Path) -> ArtifactContent:
         else:  # a QDQ node unit: int8 weight and an activation that comes out of a DequantizeLinear
             runs_int8 = (weight is not None and weight[0] in INT8_DTYPES and weight[2]
                          and dequantized_activation(node.input[0]))
-        if node.op_type in QDQ_OPS:
-            kind = "quantize_dequantize"
-        elif runs_int8 or node.op_type.startswith("QLinear"):
-            kind = "quantized"
-        elif w_index is not None:
-            kind = "float_compute"
-        else:
-            kind = "other"
-        tally.op(op, kind)
+        tally.op(op, op_kind(qdq=node.op_type in QDQ_OPS,
+                             quantized=bool(runs_int8) or node.op_type.startswith("QLinear"),
+                             has_weight=w_index is not None))
         if weight is not None:
             shape = shapes.get(node.output[0]) if node.output else None
             start = 2 if node.op_type in _CHANNEL_FIRST else 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.content import INT8_DTYPES, ArtifactContent, Tally, spatial_size
+from converters.content import INT8_DTYPES, ArtifactContent, Tally, op_kind, spatial_size
 from edgekit.errors import ModelLoadError
 
 # op -> index of its weight input (TRANSPOSE_CONV's inputs are output_shape, weights, input, bias)
@@ -85,15 +85,9 @@ def _audit(model, fb) -> ArtifactContent:
             weight = stored(ins[w_index]) if w_index is not None and len(ins) > w_index else None
             # int8 weights read directly run int8 kernels: full integer, or hybrid (dynamic range)
             runs_int8 = weight is not None and weight[0] in INT8_DTYPES and not weight[2]
-            if name in QDQ_OPS:
-                kind = "quantize_dequantize"
-            elif runs_int8 or any(o >= 0 and dtypes[o] in _QUANTIZED_OUTPUTS for o in outs):
-                kind = "quantized"
-            elif w_index is not None:
-                kind = "float_compute"
-            else:
-                kind = "other"
-            tally.op(name, kind)
+            quantized = runs_int8 or any(o >= 0 and dtypes[o] in _QUANTIZED_OUTPUTS for o in outs)
+            tally.op(name, op_kind(qdq=name in QDQ_OPS, quantized=quantized,
+                                   has_weight=w_index is not None))
             if weight is not None:
                 spatial = spatial_size(_shape(tensors[outs[0]]), 1, -1) if outs else None
                 tally.weight(weight[0], weight[2], weight[1], runs_int8, spatial)
