@@ -1085,7 +1085,7 @@ def _fork_measure(args, timeout):
             # stdout carries nothing but its one JSON document.
             os.dup2(err_file.fileno(), 1)
             os.dup2(err_file.fileno(), 2)
-            _die_with_parent()
+            die_with_parent()
             if os.getppid() != parent:
                 os._exit(code)
             _limit_memory(args.memory_limit_mb)
@@ -1138,8 +1138,9 @@ def _limit_memory(megabytes):
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _die_with_parent():
-    """Linux: if the supervisor is killed, the kernel kills this measuring child too."""
+def die_with_parent():
+    """Linux: if the supervisor is killed, the kernel kills this child too (the measuring child
+    here; edgekit's supervised CLI child as well)."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -1192,7 +1193,7 @@ def main(argv=None):
             doc, facts = supervise(args, argv[1:], args.timeout)
             doc["device"] = facts
     elif args.command == "_measure":
-        _die_with_parent()
+        die_with_parent()
         _limit_memory(args.memory_limit_mb)
         try:
             doc = measure(args)

@@ -103,19 +103,6 @@ def run_child(argv: Sequence[str], env_extra: Optional[dict] = None,
     return Outcome(code, log_path)
 
 
-def die_with_parent() -> None:
-    """Linux: the supervised child is killed when its supervisor dies (e.g. killed by a
-    timeout), instead of training on alone."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError) as e:
-        log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", e)
-
-
 def crash_detail(log_path: Optional[str]) -> str:
     """The last telling line the native code wrote before dying (not the faulthandler dump)."""
     if not log_path:

@@ -103,7 +103,9 @@ def main(argv=None) -> int:
                 click.echo(line, err=True)
             return code
     if child_log is not None:
-        supervise.die_with_parent()
+        from device_agents.agent import die_with_parent
+
+        die_with_parent()
     if argv is not None or _LOUD_FLAGS & set(args):
         return _run(args, None, child=child_log is not None)
     from edgekit.quiet import captured_native_output
