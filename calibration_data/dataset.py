@@ -177,8 +177,11 @@ class Dataset:
             raise InputError(f"the number of {self.role} samples must be at least 1, got {n}")
         if not needs_sampling(len(self), int(n), strict=strict, role=self.role, path=self.path):
             return self
-        n, total = int(n), len(self)
-        idx = sample_indices(total, n, self.labels, seed)
+        return self.subset(sample_indices(len(self), int(n), self.labels, seed))
+
+    def subset(self, indices) -> "Dataset":
+        """The samples at ``indices`` (in that order), with this set's origin and layouts."""
+        idx = np.asarray(indices, dtype=np.int64)
         labels = None if self.labels is None else self.labels[idx]
         return Dataset({k: a[idx] for k, a in self.inputs.items()}, labels,
                        path=self.path, role=self.role, layouts=self.layouts)

@@ -202,18 +202,7 @@ def _load_calibration_with_holdout(data, src, options):
         return calib, None
     used = sample_indices(len(full), n, full.labels, 0)  # the samples take() kept
     rest = np.setdiff1d(np.arange(len(full)), used)[:HOLDOUT_MAX]
-    return calib, _subset(full, rest)
-
-
-def _subset(ds, idx):
-    """The samples ``idx`` of a data set, keeping where it came from and how it was laid out."""
-    import copy
-
-    out = copy.copy(ds)
-    out.inputs = {k: a[idx] for k, a in ds.inputs.items()}
-    out.labels = None if ds.labels is None else ds.labels[idx]
-    out._fingerprint = None
-    return out
+    return calib, full.subset(rest)
 
 
 def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
