@@ -1,10 +1,19 @@
 """edgekit: convert, verify, benchmark and ship models to phones and embedded boards."""
 
-__version__ = "0.1.0"
-
-from edgekit.errors import (  # noqa: E402  (version first: submodules read it)
-    AgentError, CalibrationError, CommandFailed, ConversionError, DeviceError, EdgekitError,
-    HostKeyError, InputError, ModelLoadError, UnknownTargetError, VerificationError,
+from edgekit._version import __version__
+from edgekit.errors import (
+    AgentError,
+    CalibrationError,
+    CommandFailed,
+    ConversionError,
+    DeviceError,
+    DocumentError,
+    EdgekitError,
+    HostKeyError,
+    InputError,
+    ModelLoadError,
+    UnknownTargetError,
+    VerificationError,
 )
 
 
@@ -67,5 +76,5 @@ __all__ = [
     "Artifact", "Fidelity", "read_manifest", "ConvertOptions",
     "CalibrationMethod", "EdgekitError", "InputError", "ModelLoadError", "CalibrationError",
     "UnknownTargetError", "ConversionError", "VerificationError", "DeviceError", "HostKeyError",
-    "CommandFailed", "AgentError",
+    "CommandFailed", "AgentError", "DocumentError", "__version__",
 ]

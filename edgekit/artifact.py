@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
+from edgekit.envelope import unwrap, wrap
 from edgekit.errors import InputError
 from edgekit.fsutil import write_json_atomic
 from edgekit.spec import TensorSpec
@@ -249,13 +250,8 @@ def validate_manifest(doc: dict) -> None:
     """Raise InputError if ``doc`` is not a manifest this version of edgekit understands."""
     import jsonschema
 
-    if doc.get("schema") != MANIFEST_SCHEMA:
-        raise InputError(f"not an edgekit manifest (schema={doc.get('schema')!r})")
-    version = doc.get("schema_version")
-    if version != MANIFEST_VERSION:
-        raise InputError(
-            f"manifest schema_version {version} is not supported (this edgekit reads version "
-            f"{MANIFEST_VERSION}); re-run `edgekit convert` to regenerate it")
+    unwrap(doc, MANIFEST_SCHEMA, {MANIFEST_VERSION: None},
+           rerun="re-run `edgekit convert` to regenerate it")
     e = jsonschema.exceptions.best_match(_manifest_validator().iter_errors(doc))
     if e is not None:
         raise InputError(f"invalid manifest: {e.message} at {'/'.join(map(str, e.absolute_path))}")
@@ -288,18 +284,8 @@ def write_manifest(folder, artifacts: list[Artifact]) -> Path:
             existing = []  # an unreadable old manifest is replaced, not merged
     new_paths = {Path(a.path).resolve() for a in artifacts}
     kept = [a for a in existing if Path(a.path).resolve() not in new_paths and Path(a.path).exists()]
-    doc = {
-        "schema": MANIFEST_SCHEMA,
-        "schema_version": MANIFEST_VERSION,
-        "generated_by": _edgekit_version(),
-        "artifacts": [a.to_dict(relative_to=folder) for a in kept + list(artifacts)],
-    }
+    doc = wrap(MANIFEST_SCHEMA, MANIFEST_VERSION,
+               {"artifacts": [a.to_dict(relative_to=folder) for a in kept + list(artifacts)]})
     validate_manifest(doc)
     write_json_atomic(path, doc)
     return path
-
-
-def _edgekit_version() -> str:
-    from edgekit import __version__
-
-    return f"edgekit {__version__}"

@@ -8,8 +8,10 @@ file (a record left beside a file that was later overwritten is ignored, and an 
 is ignored with a warning), so
 the manifest says "clustered, k = 16, per channel" next to the artifact it produced.
 
-The file is a versioned envelope: ``{"_type": "edgekit.CompressionRecord", "_version": 1,
-"_data": {...}}``.
+The file is a versioned envelope (``edgekit.envelope``): ``{"schema":
+"edgekit.compression_record", "schema_version": 1, "generated_by": ..., ...}``; records written
+by earlier edgekits in the nested ``{"_type": "edgekit.CompressionRecord", "_version": 1,
+"_data": {...}}`` form are still read.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from edgekit.envelope import unwrap, wrap
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
 
-TYPE, VERSION = "edgekit.CompressionRecord", 1
+TYPE, VERSION = "edgekit.compression_record", 1
+_OLD_TYPE = "edgekit.CompressionRecord"  # the nested envelope's name, before edgekit.envelope
 # Report keys that are results, not parameters of the technique.
 _RESULTS = {"technique", "layers", "skipped", "loss", "rounds", "sizes", "source_sizes",
             "record", "sparsity_measured", "kernels", "updates", "regrown", "model_sha256",
@@ -45,8 +49,7 @@ def write_record(model, report: dict) -> Path:
     data = {**report, "model_sha256": sha256_file(model)}
     path = record_path(model)
     with atomic_output(path) as tmp:
-        Path(tmp).write_text(json.dumps({"_type": TYPE, "_version": VERSION, "_data": data},
-                                        indent=2, default=float))
+        Path(tmp).write_text(json.dumps(wrap(TYPE, VERSION, data), indent=2, default=float))
     return path
 
 
@@ -63,13 +66,8 @@ def read_record(model, sha256: Optional[str] = None) -> Optional[dict]:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable compression record ({e})") from e
-    if not isinstance(doc, dict) or doc.get("_type") != TYPE:
-        raise InputError(f"{path}: expected a {TYPE} document, got _type "
-                         f"{doc.get('_type') if isinstance(doc, dict) else type(doc).__name__!r}")
-    if doc.get("_version") != VERSION:
-        raise InputError(f"{path}: {TYPE} version {doc.get('_version')!r}, this edgekit reads "
-                         f"version {VERSION}: upgrade edgekit or re-run the compression")
-    data = doc.get("_data") or {}
+    data = unwrap(doc, TYPE, {VERSION: None}, where=str(path), aliases=(_OLD_TYPE,),
+                  rerun="re-run the compression that wrote it")
     if sha256 is not None and data.get("model_sha256") != sha256:
         log.info("%s describes other bytes than %s; ignored", path, model)
         return None

@@ -19,6 +19,11 @@ class InputError(EdgekitError):
     exit_code = 2
 
 
+class DocumentError(InputError):
+    """A versioned JSON document (``edgekit.envelope``) of another type or of a version this
+    edgekit cannot read; the message says which edgekit wrote it and what to do."""
+
+
 class ModelLoadError(InputError):
     """A source model or artifact could not be read (missing, truncated, unknown format, unsafe)."""
 

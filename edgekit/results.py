@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from edgekit.envelope import unwrap, wrap
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -98,23 +99,17 @@ class Result:
 
     def to_dict(self) -> dict:
         """The versioned JSON envelope (docs/results-schema.md)."""
-        d = asdict(self)
-        return {"schema": RESULT_SCHEMA, "schema_version": RESULT_VERSION, **d}
+        return wrap(RESULT_SCHEMA, RESULT_VERSION, asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "Result":
         """Read a ``to_dict`` document.
 
         Raises:
-            InputError: another schema or an unsupported version.
+            DocumentError: another schema or an unsupported version.
         """
-        if d.get("schema") != RESULT_SCHEMA:
-            raise InputError(f"not an edgekit result (schema={d.get('schema')!r})")
-        if d.get("schema_version") != RESULT_VERSION:
-            raise InputError(f"result schema_version {d.get('schema_version')} is not supported "
-                             f"(this edgekit reads {RESULT_VERSION}); upgrade edgekit")
-        fields = {k: v for k, v in d.items() if k not in ("schema", "schema_version")}
-        return cls(**fields)
+        return cls(**unwrap(d, RESULT_SCHEMA, {RESULT_VERSION: None},
+                            rerun="re-run `edgekit bench` to measure it again"))
 
 
 class ResultStore:

@@ -42,8 +42,8 @@ def test_cluster_json_record_and_profile(model_path, tmp_path, capsys):
     assert "conv2d" not in doc["layers"] and any("conv2d" in w for w in doc["warnings"])
     assert all(v["max_unique_per_channel"] <= 16 for v in doc["layers"].values())
     record = json.loads(out.with_suffix(".compression.json").read_text())
-    assert record["_type"] == "edgekit.CompressionRecord" and record["_version"] == 1
-    assert record["_data"]["clusters"] == 16 and record["_data"]["init"] == "density"
+    assert record["schema"] == "edgekit.compression_record" and record["schema_version"] == 1
+    assert record["clusters"] == 16 and record["init"] == "density"
     code, stdout, _ = run_cli(capsys, "profile", out, "--json")
     prof = json.loads(stdout)
     assert code == 0 and prof["file"]["bytes"] == out.stat().st_size

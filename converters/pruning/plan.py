@@ -17,12 +17,14 @@ import numpy as np
 from converters.pruning.criteria import group_scores, taylor_gradients
 from converters.pruning.graph import DependencyGraph
 from converters.pruning.spec import Criterion, PruneSpec, PruningWarning
+from edgekit.envelope import unwrap, wrap
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
 
-PLAN_TYPE = "edgekit.PruningPlan"
+PLAN_TYPE = "edgekit.pruning_plan"
 PLAN_VERSION = 1
+_OLD_TYPE = "edgekit.PruningPlan"  # the nested envelope's name, before edgekit.envelope
 
 
 @dataclass
@@ -91,26 +93,22 @@ class PruningPlan:
                 "channels_after": sum(len(g.keep) for g in self.groups)}
 
     def to_dict(self) -> dict:
-        """A versioned envelope: ``{"_type", "_version", "_data"}``."""
-        return {"_type": PLAN_TYPE, "_version": PLAN_VERSION, "_data": {
+        """A versioned envelope (``edgekit.envelope``): ``{"schema", "schema_version", ...}``."""
+        return wrap(PLAN_TYPE, PLAN_VERSION, {
             "model": self.model, "signature": self.signature, "spec": self.spec.to_dict(),
             "summary": self.summary(), "groups": [g.to_dict() for g in self.groups],
-            "warnings": list(self.warnings)}}
+            "warnings": list(self.warnings)})
 
     @classmethod
     def from_dict(cls, d: dict) -> PruningPlan:
-        """Read an envelope written by ``to_dict``.
+        """Read an envelope written by ``to_dict`` (or the nested ``{"_type", "_version",
+        "_data"}`` form earlier edgekits wrote).
 
         Raises:
-            InputError: not a pruning plan, or a version this edgekit cannot read.
+            DocumentError: not a pruning plan, or a version this edgekit cannot read.
         """
-        if not isinstance(d, dict) or d.get("_type") != PLAN_TYPE:
-            raise InputError(f"not a pruning plan: expected _type {PLAN_TYPE!r}, got "
-                             f"{d.get('_type') if isinstance(d, dict) else type(d).__name__!r}")
-        if d.get("_version") != PLAN_VERSION:
-            raise InputError(f"pruning plan version {d.get('_version')!r} is not supported (this "
-                             f"edgekit reads version {PLAN_VERSION}); plan the model again")
-        data = d["_data"]
+        data = unwrap(d, PLAN_TYPE, {PLAN_VERSION: None}, aliases=(_OLD_TYPE,),
+                      rerun="plan the model again")
         return cls(model=data["model"], signature=data["signature"],
                    spec=PruneSpec.from_dict(data["spec"]),
                    groups=[GroupPlan.from_dict(g) for g in data["groups"]],

@@ -1,23 +1,19 @@
-"""Error measures for ranking tensors by quantization damage."""
+"""Error measures for ranking tensors by quantization damage.
+
+``sqnr_db`` is the one in ``edgekit.fidelity.metrics`` (a numpy-only leaf module, like
+``edgekit.errors``), so a tensor's ranking and an artifact's verification measure alike.
+"""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-CEILING_DB = 200.0
+from edgekit.fidelity.metrics import sqnr_db
+
+__all__ = ["OUTLIER_SHARE", "robust_sqnr_db", "sqnr_db"]
+
 # Share of the highest-energy elements left out by ``robust_sqnr_db``.
 OUTLIER_SHARE = 0.01
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    noise = float(np.sum((ref - got.astype(np.float64)) ** 2))
-    signal = float(np.sum(ref ** 2))
-    if noise == 0.0 or signal == 0.0:
-        return CEILING_DB if noise == 0.0 else -CEILING_DB
-    return max(-CEILING_DB, min(CEILING_DB, 10.0 * math.log10(signal / noise)))
 
 
 def robust_sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:

@@ -194,7 +194,7 @@ def build_bundle(build_dir, options: BundleOptions, out) -> BundleResult:
         InputError: bad build folder, artifact name, labels or options; nothing is written.
         BundleTooLarge: the models exceed ``options.max_bytes``; nothing is written.
     """
-    from edgekit import __version__
+    from edgekit._version import __version__
     from edgekit.bundle import android, ios, metadata
     from edgekit.bundle.codegen import class_name
     from edgekit.bundle.layout import android_layout, ios_layout

@@ -11,6 +11,7 @@ from typing import Optional
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import tflite_metadata
+from edgekit.envelope import wrap
 from edgekit.errors import InputError
 
 BUNDLE_SCHEMA = "edgekit.bundle"
@@ -105,12 +106,9 @@ def _calibration(c: Optional[dict]) -> Optional[dict]:
 def bundle_document(name: str, version: str, platform: str, labels, models: list[dict],
                     files: dict) -> dict:
     """The whole edgekit.json (keys sorted when written; no timestamps)."""
-    from edgekit import __version__
-
-    return {"schema": BUNDLE_SCHEMA, "schema_version": BUNDLE_VERSION,
-            "generated_by": f"edgekit {__version__}", "name": name, "version": version,
-            "platform": platform, "labels": labels or None, "models": models,
-            "files": dict(sorted(files.items()))}
+    return wrap(BUNDLE_SCHEMA, BUNDLE_VERSION, {
+        "name": name, "version": version, "platform": platform, "labels": labels or None,
+        "models": models, "files": dict(sorted(files.items()))})
 
 
 def dumps(doc: dict) -> bytes:

@@ -19,7 +19,7 @@ if not _LOUD_FLAGS & set(sys.argv[1:]):
 
 import click  # noqa: E402 - after the environment above, on purpose
 
-from edgekit import __version__  # noqa: E402
+from edgekit._version import __version__  # noqa: E402
 from edgekit.errors import EdgekitError  # noqa: E402
 
 # Command modules, imported for their click commands. Each exposes ``commands``: a list of them.

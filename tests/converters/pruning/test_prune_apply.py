@@ -113,7 +113,7 @@ def test_plan_round_trips_as_json_and_replays(tmp_path):
     plan = plan_pruning(model, PruneSpec(ratio=0.25, round_to=4))
     path = plan.save(tmp_path / "plan.json")
     raw = json.loads(path.read_text())
-    assert raw["_type"] == "edgekit.PruningPlan" and raw["_version"] == 1
+    assert raw["schema"] == "edgekit.pruning_plan" and raw["schema_version"] == 1
     again = PruningPlan.load(path)
     assert again.to_dict() == plan.to_dict()
     x = random_input(model)

@@ -90,11 +90,11 @@ def test_plan_for_another_model_is_refused(tmp_path):
 def test_edited_plan_with_bad_indices_is_refused():
     model = BUILDERS["mlp"]()
     d = plan_pruning(model, PruneSpec()).to_dict()
-    grp = next(g for g in d["_data"]["groups"] if g["status"] == "pruned")
+    grp = next(g for g in d["groups"] if g["status"] == "pruned")
     grp["keep"] = [0, 0, 1]
     with pytest.raises(InputError, match="distinct indices"):
         apply_plan(model, PruningPlan.from_dict(d))
-    blocked = next(g for g in d["_data"]["groups"] if g["status"] == "blocked")
+    blocked = next(g for g in d["groups"] if g["status"] == "blocked")
     grp["keep"] = list(range(grp["channels"]))
     blocked["keep"] = [0]
     with pytest.raises(InputError, match="cannot be pruned"):
@@ -102,12 +102,21 @@ def test_edited_plan_with_bad_indices_is_refused():
 
 
 def test_not_a_plan_and_future_versions_are_refused(tmp_path):
-    with pytest.raises(InputError, match="not a pruning plan"):
+    with pytest.raises(InputError, match="not an edgekit pruning plan"):
         PruningPlan.from_dict({"_type": "something"})
     d = plan_pruning(BUILDERS["mlp"](), PruneSpec()).to_dict()
-    d["_version"] = 99
-    with pytest.raises(InputError, match="version 99"):
-        PruningPlan.from_dict(d)
+    with pytest.raises(InputError, match="schema_version 99 .*upgrade edgekit"):
+        PruningPlan.from_dict({**d, "schema_version": 99})
+    with pytest.raises(InputError, match="schema_version 0 .*plan the model again"):
+        PruningPlan.from_dict({**d, "schema_version": 0})
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(InputError, match="cannot read pruning plan"):
         PruningPlan.load(tmp_path / "bad.json")
+
+
+def test_a_plan_in_the_nested_form_of_earlier_edgekits_still_loads():
+    plan = plan_pruning(BUILDERS["mlp"](), PruneSpec())
+    d = plan.to_dict()
+    data = {k: v for k, v in d.items() if k not in ("schema", "schema_version", "generated_by")}
+    old = {"_type": "edgekit.PruningPlan", "_version": 1, "_data": data}
+    assert PruningPlan.from_dict(old).to_dict() == d
