@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_convert import MOBILENET, data_files, trained_model  # noqa: E402
+from bench_convert import MOBILENET, data_files, trained_model
 
 TARGET_SPEEDUP = 2.5        # the target: best ≥ 2.5× faster than FP32 at ≤ 1 point
 TARGET_WORKERS_RATIO = 0.65  # two workers finish a fixed budget in ≤ 0.65× one worker's time
@@ -38,7 +38,9 @@ TARGET_WORKERS_RATIO = 0.65  # two workers finish a fixed budget in ≤ 0.65× o
 
 def run_search(model, calib, evalf, out: Path, budget: int, workers: int, runs: int, seed: int,
                threads=(1, 2), train=None, prune_ratios=(), time_budget_s=None, arch=None):
-    from edgekit.optimizer import Constraints, SearchSpace, optimize
+    from edgekit.search.loop import optimize
+    from edgekit.search.settings import Constraints
+    from edgekit.search.space import SearchSpace
 
     t0 = time.perf_counter()
     study = optimize(model, "local", calibration=calib, eval=evalf, train=train,
@@ -150,7 +152,6 @@ def main(argv=None) -> int:
     train = None
     if args.prune is not None or args.arch_scaling is not None:
         import numpy as np
-
         from bench_convert import images
 
         train = args.cache / f"digits-train-rgb{MOBILENET.image_size}.npz"

@@ -24,13 +24,25 @@ def __getattr__(name):
 
         return getattr(api, name)
     if name in ("advise", "Advice"):
-        from edgekit import advisor
+        from edgekit.search import advisor
 
         return getattr(advisor, name)
-    if name in ("optimize", "Study", "Constraints", "SearchSpace"):
-        from edgekit import optimizer
+    if name == "optimize":
+        from edgekit.search.loop import optimize
 
-        return getattr(optimizer, name)
+        return optimize
+    if name == "Study":
+        from edgekit.search.study import Study
+
+        return Study
+    if name == "Constraints":
+        from edgekit.search.settings import Constraints
+
+        return Constraints
+    if name == "SearchSpace":
+        from edgekit.search.space import SearchSpace
+
+        return SearchSpace
     if name in ("Recipe", "load_recipe"):
         from edgekit import recipe
 

@@ -1,9 +1,12 @@
 """``Recipe``: one artifact to build and how to run it, as typed, versioned data.
 
 ``edgekit optimize`` writes the winner to ``best.recipe.json``; ``edgekit convert MODEL --recipe
-FILE`` (``replay``) builds the same target with the same options from the same source and
-calibration data, which gives the same artifact bytes (the recipe records the sha256 it expects,
-and replay says whether it got it).
+FILE`` (``edgekit.training.replay``) builds the same target with the same options from the same
+source and calibration data, which gives the same artifact bytes (the recipe records the sha256
+it expects, and replay says whether it got it).
+
+This module is the data contract alone: the recipe, its training steps (``PruneStep``,
+``StudentStep``, ``CompressStep``, each with its defaults), and reading and writing the document.
 
 The document is a versioned envelope (``{"schema": "edgekit.recipe", "schema_version": 1, ...}``,
 JSON Schema in ``edgekit/schemas/recipe.schema.json``): unknown schemas and newer versions are
@@ -15,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from converters.distill import DistillSpec, FitSpec
 from converters.options import CalibrationMethod, ConvertOptions, OnnxQuantFormat
+from converters.pruning.spec import PruneSpec
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -30,7 +36,6 @@ RECIPE_SCHEMA = "edgekit.recipe"
 RECIPE_VERSION = 1
 RECIPE_SUFFIX = ".recipe.json"
 _TUPLE_FIELDS = ("float_nodes", "quantize_op_types")  # tuples in ConvertOptions, lists in JSON
-TRAINING_STEPS = ("prune", "student", "compress")  # recipe fields that train a new model
 _ENUM_FIELDS = {"calibration_method": CalibrationMethod, "onnx_quant_format": OnnxQuantFormat}
 
 
@@ -97,6 +102,209 @@ class FileRef:
         return {"path": self.path, "sha256": self.sha256}
 
 
+# The training steps' defaults come from the specs that run them.
+_PRUNE, _DISTILL, _FIT = PruneSpec(), DistillSpec(), FitSpec()
+
+
+class _Step:
+    """What the training steps share: a document (``to_dict``, ``from_dict``) whose keys also
+    read like a mapping (``step["ratio"]``, ``step.get("train")``), and a step equals its
+    document, so code written against the JSON shape keeps working."""
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, doc: Mapping):
+        """The step a document describes (keys it does not know are left out)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in doc.items() if k in known}
+        train = values.get("train")
+        if isinstance(train, Mapping):
+            values["train"] = FileRef(train["sha256"], train.get("path"))
+        return cls(**values)
+
+    @classmethod
+    def of(cls, value):
+        """``value`` as this step: a step is kept, a document read (None stays None)."""
+        return value if value is None or isinstance(value, cls) else cls.from_dict(value)
+
+    def _train(self) -> dict | None:
+        return self.train.to_dict() if self.train else None
+
+    def keys(self):
+        return self.to_dict().keys()
+
+    def __getitem__(self, key):
+        return self.to_dict()[key]
+
+    def get(self, key, default=None):
+        return self.to_dict().get(key, default)
+
+    def __eq__(self, other):
+        if isinstance(other, (Mapping, _Step)):
+            return self.to_dict() == (other.to_dict() if isinstance(other, _Step) else
+                                      dict(other))
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+
+@dataclass(frozen=True, eq=False)
+class PruneStep(_Step):
+    """Structured pruning of the source before converting, with its fine-tuning.
+
+    Attributes:
+        ratio: fraction of channels removed (``PruneSpec.ratio``).
+        criterion: channel importance (``PruneSpec.criterion``'s value).
+        epochs: fine-tuning epochs after pruning (0: none).
+        learning_rate: the fine-tune's (``FitSpec.learning_rate``).
+        distill: fine-tune by distillation from the unpruned source.
+        temperature / alpha: the distillation's (``DistillSpec``); in the document only when
+            ``distill``.
+        seed: seeds the fine-tune (with TensorFlow's deterministic ops: the same bytes).
+        train: the fine-tuning data it used.
+    """
+
+    ratio: float
+    criterion: str = _PRUNE.criterion.value
+    epochs: int = 0
+    learning_rate: float = _FIT.learning_rate
+    distill: bool = False
+    temperature: float = _DISTILL.temperature
+    alpha: float = _DISTILL.alpha
+    seed: int = 0
+    train: FileRef | None = None
+
+    def to_dict(self) -> dict:
+        doc = {"ratio": self.ratio, "criterion": self.criterion, "epochs": self.epochs,
+               "learning_rate": self.learning_rate, "distill": self.distill, "seed": self.seed,
+               "train": self._train()}
+        if self.distill:
+            doc.update(temperature=self.temperature, alpha=self.alpha)
+        return doc
+
+
+@dataclass(frozen=True, eq=False)
+class StudentStep(_Step):
+    """A smaller model trained by distillation from the source, converted instead of it
+    (``edgekit.training.students``).
+
+    Attributes:
+        family: the student's architecture family (``students.FAMILIES``).
+        resolution: its input resolution.
+        alpha: its width multiplier (MobileNets; None: EfficientNets have none).
+        variant / minimalistic: MobileNetV3's small/large and minimalistic, EfficientNet's
+            B-variant (None: the family has none).
+        epochs / learning_rate: the distillation's fit (``FitSpec.learning_rate``).
+        temperature / kd_alpha: the distillation's (``DistillSpec``).
+        seed: seeds initialisation and training (the same bytes again).
+        train: the training data it was distilled on.
+    """
+
+    family: str
+    resolution: int
+    alpha: float | None = None
+    variant: str | None = None
+    minimalistic: bool | None = None
+    epochs: int = 1
+    learning_rate: float = _FIT.learning_rate
+    temperature: float = _DISTILL.temperature
+    kd_alpha: float = _DISTILL.alpha
+    seed: int = 0
+    train: FileRef | None = None
+
+    @property
+    def architecture(self) -> dict:
+        """The student's architecture alone (``students.parse_student``'s keys)."""
+        doc = {"family": self.family}
+        for k in ("variant", "minimalistic", "alpha"):
+            if getattr(self, k) is not None:
+                doc[k] = getattr(self, k)
+        doc["resolution"] = self.resolution
+        return doc
+
+    def to_dict(self) -> dict:
+        return {**self.architecture, "epochs": self.epochs, "learning_rate": self.learning_rate,
+                "temperature": self.temperature, "kd_alpha": self.kd_alpha, "seed": self.seed,
+                "train": self._train()}
+
+
+@dataclass(frozen=True, eq=False)
+class CompressStep(_Step):
+    """Magnitude sparsity and/or weight clustering of the source (after ``prune`` or the
+    student), fine-tuned (``edgekit.training.compress``).
+
+    Attributes:
+        sparsity: the fraction of zeros (None: no sparsity).
+        clusters: shared values per layer (None: no clustering).
+        epochs / learning_rate: the compression fine-tune's (0 epochs: one-shot pruning and
+            plain k-means).
+        seed: seeds it (the same bytes again).
+        train: the fine-tuning data it used.
+    """
+
+    sparsity: float | None = None
+    clusters: int | None = None
+    epochs: int = 1
+    learning_rate: float = 3e-4
+    seed: int = 0
+    train: FileRef | None = None
+
+    def to_dict(self) -> dict:
+        return {"sparsity": self.sparsity, "clusters": self.clusters, "epochs": self.epochs,
+                "learning_rate": self.learning_rate, "seed": self.seed, "train": self._train()}
+
+
+#: The recipe fields that train a new model, and the type of each.
+STEP_TYPES = {"prune": PruneStep, "student": StudentStep, "compress": CompressStep}
+TRAINING_STEPS = tuple(STEP_TYPES)
+
+
+MAX_CLUSTERS = 256  # int8 holds 256 values (``ClusterSpec``)
+
+
+def check_compress(doc, where: str = "recipe") -> dict:
+    """``doc`` if it is a valid ``compress`` document (``CompressStep``), with messages that say
+    what is wrong.
+
+    Raises:
+        InputError: not a dict, an unknown key, a value out of range, or neither sparsity nor
+            clusters.
+    """
+    if not isinstance(doc, dict):
+        raise InputError(f"{where} compress must be an object like {{\"sparsity\": 0.8, "
+                         f"\"clusters\": 16, \"epochs\": 1, \"learning_rate\": 0.0003, "
+                         f"\"seed\": 0}}, got {doc!r}")
+    keys = [f.name for f in fields(CompressStep)]
+    unknown = sorted(set(doc) - set(keys))
+    if unknown:
+        raise InputError(f"{where} compress has unknown key(s) {unknown}; known: {keys}")
+    s, k = doc.get("sparsity"), doc.get("clusters")
+    if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))
+                          or not 0 < s < 1):
+        raise InputError(f"{where} compress sparsity must be a fraction in (0, 1) or null, "
+                         f"got {s!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)
+                          or not 2 <= k <= MAX_CLUSTERS):
+        raise InputError(f"{where} compress clusters must be an integer in 2..{MAX_CLUSTERS} "
+                         f"or null, got {k!r}")
+    if s is None and k is None:
+        raise InputError(f"{where} compress sets neither sparsity nor clusters: give one or "
+                         "both (or leave compress out)")
+    e, lr, seed = (doc.get("epochs", CompressStep.epochs),
+                   doc.get("learning_rate", CompressStep.learning_rate),
+                   doc.get("seed", CompressStep.seed))
+    if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+        raise InputError(f"{where} compress epochs must be an integer >= 0, got {e!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise InputError(f"{where} compress learning_rate must be > 0, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"{where} compress seed must be an integer, got {seed!r}")
+    return doc
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One artifact to build and how to run it.
@@ -112,22 +320,19 @@ class Recipe:
         constraints / objective: what it was chosen under.
         advice: the plain-language reasons, naming measured numbers.
         prune: structured pruning applied to the source before converting, with its
-            fine-tuning: {ratio, criterion, epochs, learning_rate, distill, temperature, alpha,
-            seed, train: {path, sha256}}; None: the source as it is.
+            fine-tuning (``PruneStep``); None: the source as it is.
         xnnpack: TFLite runs it with LiteRT's default XNNPACK delegate (False: the built-in
             kernels were faster on the device it was chosen for). A runtime setting.
         ort_opt_level: ONNX Runtime's graph optimization level to run it with (one of
             ``edgekit.devices.device.ORT_OPT_LEVELS``). A runtime setting.
-        student: a smaller model trained by distillation from the source, converted instead of
-            it (``optimizer_arch``): {family, variant / minimalistic where the family has them,
-            alpha, resolution, epochs, learning_rate, temperature, kd_alpha, seed, train:
-            {path, sha256}}; None: the source itself.
-        compress: magnitude sparsity and/or weight clustering of the source (after ``prune``
-            or the student), fine-tuned (``edgekit.recipe_compress``): {sparsity, clusters,
-            epochs, learning_rate, seed, train: {path, sha256}}; None: not compressed. Written
-            to the document only when set, so recipes without it stay readable by an edgekit
-            that predates it, and one with it is refused there (schema) rather than built
-            uncompressed.
+        student: a smaller model distilled from the source, converted instead of it
+            (``StudentStep``); None: the source itself.
+        compress: sparsity and/or clustering of the source (after ``prune`` or the student),
+            fine-tuned (``CompressStep``); None: not compressed. Written to the document only
+            when set, so recipes without it stay readable by an edgekit that predates it, and
+            one with it is refused there (schema) rather than built uncompressed.
+
+    The steps may be given as their documents (dicts): they are read into their types.
 
     Runtime settings do not change the artifact's bytes. In the document they sit in
     ``runtime`` next to ``threads`` and are written only when they differ from the runtimes'
@@ -147,11 +352,15 @@ class Recipe:
     constraints: dict | None = None
     objective: str | None = None
     advice: tuple = ()
-    prune: dict | None = None
+    prune: PruneStep | None = None
     xnnpack: bool = True
     ort_opt_level: str = "all"
-    student: dict | None = None
-    compress: dict | None = None
+    student: StudentStep | None = None
+    compress: CompressStep | None = None
+
+    def __post_init__(self):
+        for name, cls in STEP_TYPES.items():
+            object.__setattr__(self, name, cls.of(getattr(self, name)))
 
     @property
     def trains(self) -> bool:
@@ -170,7 +379,7 @@ class Recipe:
 
         doc = {"source": source_sha256, "calibration": calibration_sha256,
                "target": self.target, "options": self.convert_options, "edgekit": __version__}
-        doc.update({k: getattr(self, k) for k in TRAINING_STEPS if getattr(self, k)})
+        doc.update({k: getattr(self, k).to_dict() for k in TRAINING_STEPS if getattr(self, k)})
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -184,9 +393,11 @@ class Recipe:
                "calibration": self.calibration.to_dict() if self.calibration else None,
                "artifact": self.artifact, "measured": self.measured,
                "constraints": self.constraints, "objective": self.objective,
-               "advice": list(self.advice), "prune": self.prune, "student": self.student}
+               "advice": list(self.advice),
+               "prune": self.prune.to_dict() if self.prune else None,
+               "student": self.student.to_dict() if self.student else None}
         if self.compress:
-            doc["compress"] = self.compress
+            doc["compress"] = self.compress.to_dict()
         return doc
 
     def runtime(self) -> dict:
@@ -219,8 +430,6 @@ class Recipe:
             raise InputError(f"{where} has recipe schema_version {version!r}; this edgekit reads "
                              f"version {RECIPE_VERSION}: {hint}")
         if doc.get("compress") is not None:  # first: its messages say more than the schema's
-            from edgekit.recipe_compress import check_compress
-
             check_compress(doc["compress"], where)
         try:
             _validator().validate(doc)
@@ -280,200 +489,18 @@ def load_recipe(path) -> Recipe:
     return Recipe.from_dict(doc, str(path))
 
 
-@dataclass
-class Replay:
-    """What ``replay`` built and whether it reproduced the recipe's artifact.
-
-    Attributes:
-        artifact: the built Artifact.
-        expected_sha256: the recipe's artifact sha256 (None: the recipe records none).
-        reproduced: the bytes are equal to the recipe's (None when there is nothing to compare).
-        notes: why a difference may be expected (other source or calibration data).
-    """
-
-    artifact: object
-    expected_sha256: str | None
-    reproduced: bool | None
-    notes: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"artifact": self.artifact.to_dict(), "expected_sha256": self.expected_sha256,
-                "reproduced": self.reproduced, "notes": list(self.notes)}
-
-
-def prune_source(model, prune: dict, train, path, callbacks=None) -> Path:
-    """Write ``model`` pruned and fine-tuned as ``prune`` says to ``path`` (``.keras``).
-
-    Seeded, with TensorFlow's deterministic ops, so the same inputs give the same weights (and
-    the artifact converted from them the same bytes).
-
-    Args:
-        callbacks: called with the pruned model before its fine-tune, returns Keras callbacks
-            for it (``optimize`` reports each epoch's accuracy to its pruner this way; they
-            only read the model, so the weights are the same with or without them).
-
-    Raises:
-        InputError: no training data for a fine-tune, or a model that cannot be pruned.
-        optuna.TrialPruned: a callback stopped the fine-tune (nothing is written).
-    """
-    import keras
-    import tensorflow as tf
-
-    from edgekit.train_api import prune as prune_model
-
-    if train is None and (prune.get("epochs") or prune.get("distill")):
-        raise InputError("this recipe prunes and fine-tunes the model: pass the training data "
-                         "(--train)" + (f", e.g. {prune['train']['path']}"
-                                        if (prune.get("train") or {}).get("path") else ""))
-    keras.utils.set_random_seed(int(prune.get("seed", 0)))
-    tf.config.experimental.enable_op_determinism()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if callbacks is not None and int(prune.get("epochs", 0)):
-        return _prune_and_finetune(model, prune, train, path, callbacks)
-    prune_model(model, float(prune["ratio"]), criterion=prune.get("criterion", "l1"),
-                train=train, epochs=int(prune.get("epochs", 0)),
-                distill=bool(prune.get("distill")), temperature=float(prune.get("temperature", 4)),
-                alpha=float(prune.get("alpha", 0.7)),
-                learning_rate=float(prune.get("learning_rate", 1e-3)), out=path)
-    return path
-
-
-def _prune_and_finetune(model, prune: dict, train, path: Path, callbacks) -> Path:
-    """``train_api.prune``'s steps in its order (load, data, plan + apply, fit), with callbacks
-    on the fit, which its API does not take; the same seed gives the same weights."""
-    from converters.distill import DistillSpec, FitSpec, fit
-    from edgekit.train_api import _save, load_keras_model, load_training_data
-    from edgekit.train_api import prune as prune_model
-
-    source = load_keras_model(model)
-    x, y = load_training_data(train, source)
-    pruned = prune_model(source, float(prune["ratio"]), criterion=prune.get("criterion", "l1"),
-                         train=(x, y), epochs=0)
-    distill = bool(prune.get("distill"))
-    fit(pruned, x, y, FitSpec(epochs=int(prune["epochs"]), batch_size=32,
-                              learning_rate=float(prune.get("learning_rate", 1e-3))),
-        teacher=source if distill else None,
-        distill_spec=DistillSpec(float(prune.get("temperature", 4)),
-                                 float(prune.get("alpha", 0.7))) if distill else None,
-        callbacks=list(callbacks(pruned)))
-    return _save(pruned, path)  # weights only, as train_api writes
-
-
-def _note_other_train(notes: list | None, train, step: dict, what: str) -> None:
-    """A note in ``notes`` (None: none wanted) when ``train`` is not the data a training step
-    (its ``train`` FileRef) used."""
-    from edgekit.fsutil import sha256_tree
-
-    ref = (step.get("train") or {}).get("sha256")
-    if notes is not None and train is not None and ref and sha256_tree(train) != ref:
-        notes.append(f"training data {train} is not the data {what} (sha256 differs): the "
-                     "bytes will differ")
-
-
-class CompressRefused(InputError):
-    """A recipe's compress step refused the model (e.g. nothing to cluster)."""
-
-
-def trained_source(recipe: Recipe, model, train, folder, *, callbacks=None, notes=None):
-    """What ``recipe`` converts: ``model`` after the recipe's training steps (prune or student,
-    then compress), each model written under ``folder``; ``model`` itself when it has none.
-
-    Args:
-        callbacks: ``prune_source``'s callbacks for the pruning fine-tune.
-        notes: a list to which a note is added when ``train`` is not the data a step used.
-
-    Raises:
-        InputError: no training data, or a model a step cannot take; CompressRefused when it
-            is the compress step that refuses.
-    """
-    folder = Path(folder)
-    source = model
-    if recipe.prune:
-        _note_other_train(notes, train, recipe.prune, "the recipe was fine-tuned on")
-        stem = Path(model).stem if Path(model).is_file() else Path(model).name
-        source = prune_source(model, recipe.prune, train, folder / "pruned" / f"{stem}.keras",
-                              callbacks)
-    if recipe.student:
-        from edgekit.optimizer_arch import train_student
-
-        _note_other_train(notes, train, recipe.student, "the student was distilled on")
-        source = train_student(model, recipe.student, train, folder / "student" /
-                               "student.keras")
-    if recipe.compress:
-        from edgekit.recipe_compress import compress_source
-
-        if not any(n.startswith(f"training data {train} ") for n in notes or ()):
-            _note_other_train(notes, train, recipe.compress, "the recipe was compressed on")
-        stem = Path(source).stem if Path(source).is_file() else Path(source).name
-        try:
-            source = compress_source(source, recipe.compress, train,
-                                     folder / "compressed" / f"{stem}.keras")
-        except InputError as e:
-            raise CompressRefused(str(e)) from e
-    return source
-
-
-def replay(recipe: Recipe, model, *, calibration=None, eval=None, out="build",
-           base: ConvertOptions | None = None, train=None) -> Replay:
-    """Build ``recipe`` from ``model``: the same target and options, verified and gated as
-    ``convert`` does.
-
-    Args:
-        recipe: a Recipe (``load_recipe``).
-        model: the source model; the recipe's own hash tells whether it is the same one.
-        calibration: calibration data; default: the path the recipe records, if it exists.
-        eval: evaluation data for the fidelity check (does not change the bytes).
-        out: output folder.
-        base: options the recipe's are applied over (e.g. ``input_shapes``).
-        train: training data, for a recipe that fine-tunes (``recipe.prune``, ``student``,
-            ``compress``).
-
-    Returns:
-        Replay: the artifact and whether its sha256 equals the recipe's.
-
-    Raises:
-        InputError: missing calibration data for a target that needs it, bad model or data.
-        ConversionError: the build failed or missed the recipe's fidelity gate.
-    """
-    from converters.registry import get_target
-    from edgekit.api import convert
-    from edgekit.fsutil import sha256_tree
-
-    notes = []
-    info = get_target(recipe.target)
-    if calibration is None and info.needs_calibration and recipe.calibration \
-            and recipe.calibration.path and Path(recipe.calibration.path).exists():
-        calibration = recipe.calibration.path
-    if recipe.source is not None and Path(model).exists() \
-            and sha256_tree(model) != recipe.source.sha256:
-        notes.append(f"{model} is not the model the recipe was chosen for (sha256 differs): "
-                     "the bytes will differ")
-    if info.needs_calibration and calibration is not None and recipe.calibration is not None \
-            and Path(calibration).exists() and sha256_tree(calibration) != recipe.calibration.sha256:
-        notes.append(f"calibration data {calibration} is not the data the recipe was built with "
-                     "(sha256 differs): the bytes will differ")
-    source = trained_source(recipe, model, train, out, notes=notes)
-    art = convert(source, [recipe.target], calibration=calibration, eval=eval, out=out,
-                  options=recipe.options(base))[0]
-    expected = (recipe.artifact or {}).get("sha256")
-    reproduced = None if expected is None else art.sha256 == expected
-    if reproduced is False and not notes:
-        notes.append("same source and calibration data but other bytes: another edgekit or "
-                     "converter version? (the manifest lists the tool versions)")
-    return Replay(art, expected, reproduced, notes)
-
-
 __all__ = [
     "RECIPE_SCHEMA",
     "RECIPE_VERSION",
+    "TRAINING_STEPS",
+    "CompressStep",
+    "check_compress",
     "FileRef",
+    "PruneStep",
     "Recipe",
-    "Replay",
-    "trained_source",
+    "StudentStep",
     "load_recipe",
     "options_from_json",
     "options_to_json",
-    "replay",
     "save_recipe",
 ]

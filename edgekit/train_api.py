@@ -70,7 +70,13 @@ def load_training_data(data: DataArg, model, role: str = "train"):
     return check_training_data(model, x, data.labels, role)
 
 
-def _save(model, out) -> Path:
+def save_model(model, out) -> Path:
+    """Write ``model`` to ``out`` (a ``.keras`` file, atomically), weights only: a compiled
+    model's optimizer state is left out. Returns ``out``.
+
+    Raises:
+        InputError: ``out`` is not a .keras path, or its folder cannot be created.
+    """
     from edgekit.fsutil import atomic_output
 
     out = Path(out)
@@ -146,7 +152,7 @@ def prune(model: ModelArg, ratio: float = 0.5, *, criterion="l1", round_to: int 
         fit(pruned, data[0], data[1], fit_spec, teacher=source if distill else None,
             distill_spec=dspec)
     if out is not None:
-        _save(pruned, out)
+        save_model(pruned, out)
         plan.save(Path(out).with_suffix(".plan.json"))
     return (pruned, plan) if return_plan else pruned
 
@@ -179,7 +185,7 @@ def distill(student: ModelArg, teacher: ModelArg, train: DataArg, *, temperature
     result = run(s, t, x, y, DistillSpec(temperature, alpha),
                  FitSpec(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate), val)
     if out is not None:
-        _save(s, out)
+        save_model(s, out)
     return s, result
 
 
@@ -225,7 +231,7 @@ def sparsify(model: ModelArg, spec=None, *, train: DataArg = None, epochs: int =
                  learning_rate=learning_rate)
     report["params"] = spec.to_dict()
     if out is not None:
-        _save(sparse, out)
+        save_model(sparse, out)
         with tempfile.TemporaryDirectory() as tmp:
             dense = Path(tmp) / "dense.keras"
             source.save(dense)
@@ -266,7 +272,7 @@ def qat(model: ModelArg, train: DataArg, *, epochs: int = 3, batch_size: int = 3
                    ema_decay=ema_decay)
     exported, report = run(source, x, y, spec)
     if out is not None:
-        _save(exported, out)
+        save_model(exported, out)
     return exported, report
 
 
@@ -292,12 +298,17 @@ def _source_sizes(source) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "source.keras"
-        _save(source, path)
+        save_model(source, path)
         return file_sizes(path)
 
 
-def _copy(source):
-    """A copy of a functional or Sequential model (the caller's model is never changed)."""
+def copy_model(source):
+    """A copy of a functional or Sequential model with its weights (the caller's model is never
+    changed).
+
+    Raises:
+        InputError: a model Keras cannot clone (e.g. a subclassed one).
+    """
     import keras
 
     try:
@@ -352,11 +363,11 @@ def cluster(model: ModelArg, clusters: int = 16, *, per_channel: bool = False,
     if fold_batchnorm:
         clustered, report = cluster_copy(source, spec, data=data, loop_spec=loop)
     else:
-        clustered = _copy(source)
+        clustered = copy_model(source)
         report = {**run(clustered, spec, data=data, loop_spec=loop), "batchnorm_folded": []}
     report.update(epochs=epochs, learning_rate=learning_rate if epochs else None)
     if out is not None:
-        _save(clustered, out)
+        save_model(clustered, out)
         report = _record(out, report, _source_sizes(source))
     return clustered, report
 
@@ -396,10 +407,10 @@ def lottery_ticket(model: ModelArg, sparsity: float = 0.8, *, rounds: int = 4,
     source = load_keras_model(model)
     x, y = load_training_data(train, source)
     val = load_training_data(eval, source, role="eval") if eval is not None else None
-    ticket = _copy(source)
+    ticket = copy_model(source)
     report, _ = run(ticket, spec, x, y, validation=val)
     if out is not None:
-        _save(ticket, out)
+        save_model(ticket, out)
         report = _record(out, report, _source_sizes(source))
     return ticket, report
 
@@ -438,11 +449,11 @@ def sparse_train(model: ModelArg, sparsity: float = 0.9, *, method: str = "rigl"
         raise InputError("sparse training trains the model: give training data (--train)")
     source = load_keras_model(model)
     x, y = load_training_data(train, source)
-    sparse = _copy(source)
+    sparse = copy_model(source)
     report = rigl(sparse, spec, x, y, loop)
     report.update(epochs=epochs, learning_rate=learning_rate)
     if out is not None:
-        _save(sparse, out)
+        save_model(sparse, out)
         report = _record(out, report, _source_sizes(source))
     return sparse, report
 
@@ -466,8 +477,8 @@ def profile(model: ModelArg):
     return prof
 
 
-__all__ = ["cluster", "distill", "load_keras_model", "load_training_data", "lottery_ticket",
-           "profile", "prune", "qat", "sparse_train", "sparsify"]
+__all__ = ["cluster", "copy_model", "distill", "load_keras_model", "load_training_data",
+           "lottery_ticket", "profile", "prune", "qat", "save_model", "sparse_train", "sparsify"]
 
 
 _MODEL_IN_OUT = "<the model written to out>"  # stands for a keras.Model crossing processes

@@ -78,7 +78,7 @@ def targets_table():
 
 def advice_table(monkeypatch):
     """The `edgekit advise` table, captured from ``print_advice`` (rows as a device gives them)."""
-    from edgekit.advisor import Advice, AdviceRow
+    from edgekit.search.advisor import Advice, AdviceRow
     from edgekit.cli import advise_cmd
 
     def row(recipe, target, fmt, precision, p50, nbytes, rank=None, **kw):

@@ -53,7 +53,7 @@ def advise_cmd(model, device, calibration, eval_, max_accuracy_drop, objective, 
     rank those within --max-accuracy-drop by --objective, and explain which to ship and why."""
     from converters.options import ConvertOptions
     from converters.sources import parse_input_shapes
-    from edgekit.advisor import advise
+    from edgekit.search.advisor import advise
 
     connect = make_connect(ssh_config, known_hosts, trust_new_host, connect_timeout)
     with console.status("advise: starting", spinner="dots") as status:

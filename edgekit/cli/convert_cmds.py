@@ -158,7 +158,8 @@ def _replay_recipe(model, recipe_file, calibration, eval_, out, input_shapes, al
     from converters.options import ConvertOptions
     from converters.sources import parse_input_shapes
     from edgekit.errors import InputError
-    from edgekit.recipe import load_recipe, replay
+    from edgekit.recipe import load_recipe
+    from edgekit.training.replay import replay
 
     if conflicting:
         raise InputError(f"--recipe sets the target and conversion options; drop "

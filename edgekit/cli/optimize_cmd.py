@@ -126,7 +126,9 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, compres
                  ssh_config, known_hosts, trust_new_host, connect_timeout, as_json):
     """Search recipes of MODEL by measuring them on --device; choose the best one within the
     constraints and explain why (best.recipe.json, report.html in --out)."""
-    from edgekit import optimizer
+    from edgekit.search import loop
+    from edgekit.search.settings import OBJECTIVES, SIZE_METRICS, Constraints, read_settings
+    from edgekit.search.space import SearchSpace
 
     if workers < 1 or budget < 1 or runs < 1:
         raise InputError(f"--workers, --budget and --runs must be >= 1, got {workers}, "
@@ -136,34 +138,34 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, compres
         if model is not None:
             raise InputError("--resume continues a study with its own model and settings: "
                              "drop MODEL (or start a new study without --resume)")
-        optimizer.read_settings(resume)  # InputError now if it is not a study folder
+        read_settings(resume)  # InputError now if it is not a study folder
         if worker:
-            optimizer.run_study(resume, worker=True)
+            loop.run_study(resume, worker=True)
             return
         budget_given = click.get_current_context().get_parameter_source("budget")
         new_budget = None if budget_given == click.core.ParameterSource.DEFAULT else budget
         with console.status("optimize: resuming", spinner="dots") as status:
-            study = optimizer.resume(resume, budget=new_budget, time_budget_s=seconds,
-                                     workers=workers, remeasure=remeasure,
-                                     progress=lambda m: status.update(f"optimize: {m}"))
+            study = loop.resume(resume, budget=new_budget, time_budget_s=seconds,
+                                workers=workers, remeasure=remeasure,
+                                progress=lambda m: status.update(f"optimize: {m}"))
         return _show(study, as_json)
     if model is None:
         raise InputError("pass MODEL (or --resume DIR to continue a study)")
-    if objective not in optimizer.OBJECTIVES:
-        raise InputError(f"--objective must be one of {', '.join(optimizer.OBJECTIVES)}, got "
+    if objective not in OBJECTIVES:
+        raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got "
                          f"{objective!r}")
-    if size_metric not in optimizer.SIZE_METRICS:
-        raise InputError(f"--size-metric must be one of {', '.join(optimizer.SIZE_METRICS)}, "
+    if size_metric not in SIZE_METRICS:
+        raise InputError(f"--size-metric must be one of {', '.join(SIZE_METRICS)}, "
                          f"got {size_metric!r}")
     if calibration is None:
         raise InputError("--calibration is required: the int8 recipes are calibrated on it")
-    constraints = optimizer.Constraints(max_accuracy_drop, parse_size(max_size, "--max-size"),
-                                        parse_size(max_peak_memory, "--max-peak-memory"))
+    constraints = Constraints(max_accuracy_drop, parse_size(max_size, "--max-size"),
+                              parse_size(max_peak_memory, "--max-peak-memory"))
     from converters.options import ConvertOptions
     from converters.sources import parse_input_shapes
 
-    space = optimizer.SearchSpace(targets=tuple(targets), threads=tuple(threads) or (1, 2),
-                                  prune_ratios=tuple(prune_ratios), arch_scaling=arch_scaling)
+    space = SearchSpace(targets=tuple(targets), threads=tuple(threads) or (1, 2),
+                        prune_ratios=tuple(prune_ratios), arch_scaling=arch_scaling)
     if xnnpack:
         space = replace(space, xnnpack=tuple(x == "on" for x in xnnpack))
     if ort_opt_levels:
@@ -171,7 +173,7 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, compres
     stem = model.stem if model.suffix else model.name
     connect = make_connect(ssh_config, known_hosts, trust_new_host, connect_timeout)
     with console.status("optimize: probing the device", spinner="dots") as status:
-        study = optimizer.optimize(
+        study = loop.optimize(
             model, device, calibration=calibration, eval=eval_, train=train,
             constraints=constraints,
             objective=objective, budget=budget, time_budget_s=seconds,

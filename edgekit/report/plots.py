@@ -15,7 +15,8 @@ _DPI = 100
 LOG_SCALE_RATIO = 20
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display on CI machines or boards)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # no display on CI machines or boards
@@ -24,10 +25,12 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes at the report's resolution, without a software tag; the figure is
+    closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -41,7 +44,7 @@ def latency_distribution(rows: list[ArtifactRow], device: str) -> Optional[bytes
     rows = [r for r in rows if r.latency.get("p50") is not None]
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
     for i, r in enumerate(rows):
         lat = r.latency
@@ -71,7 +74,7 @@ def latency_distribution(rows: list[ArtifactRow], device: str) -> Optional[bytes
     ax.set_title(f"Latency distribution on {device}")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def pareto_points(rows: list[ArtifactRow]) -> list[tuple[str, float, float]]:
@@ -102,7 +105,7 @@ def accuracy_vs_latency(rows: list[ArtifactRow], device: str) -> Optional[bytes]
         PNG bytes, or None when no row has both figures.
     """
     fig = pareto_figure(rows, device)
-    return None if fig is None else _png(fig)
+    return None if fig is None else png_bytes(fig)
 
 
 def pareto_figure(rows: list[ArtifactRow], device: str):
@@ -113,7 +116,7 @@ def pareto_figure(rows: list[ArtifactRow], device: str):
         return None
     front = pareto_front(points)
     on_front = {p[0] for p in front}
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     points = sorted(points, key=lambda p: p[1])
     for label, x, y in points:
@@ -204,7 +207,7 @@ def size_bars(rows: list[ArtifactRow], device: str) -> Optional[bytes]:
     """
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
     kib = [r.bytes / 1024 for r in rows]
     colors = ["#4c72b0" if (r.format or "") == "tflite" else "#55a868" for r in rows]
@@ -217,4 +220,4 @@ def size_bars(rows: list[ArtifactRow], device: str) -> Optional[bytes]:
     ax.set_title(f"Artifact size ({device})")
     ax.set_xlim(0, max(kib) * 1.18 or 1)
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)

@@ -11,8 +11,9 @@ import pytest
 
 from calibration_data.digits import digits_path
 from converters.options import ConvertOptions
-from edgekit.advisor import RESULTS_DB, advise, recipes_for
 from edgekit.cli.main import main
+from edgekit.search.advisor import advise, recipes_for
+from edgekit.search.settings import RESULTS_DB
 
 CALIB, EVAL = digits_path("calibration"), digits_path("eval")
 BUDGET = 1.0

@@ -29,9 +29,10 @@ resolution (multiples of 8, at least 32: every family here refuses smaller input
 
 A plain top-level ``MobileNetV2(include_top=True)`` keeps the layout of the first version (the
 application's own classifier, a ``Resizing`` in front named ``student_resize``), so its
-recipes replay to the same bytes. A student is described by a plain dict (``Recipe.student``:
-family, variant, alpha, minimalistic, resolution, training settings) whose name encodes the
-architecture (``parse_student``); it is rebuilt from the dict and the source model: seeded,
+recipes replay to the same bytes. A student is described by a ``StudentStep``
+(``Recipe.student``: family, variant, alpha, minimalistic, resolution, training settings) whose
+name encodes the architecture (``parse_student``); it is rebuilt from it and the source model:
+seeded,
 with TensorFlow's deterministic ops, the same data give the same weights, so its recipe replays
 byte-identically (the trained student's sha256 is recorded too).
 """
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import InputError
+from edgekit.recipe import StudentStep
 
 log = logging.getLogger(__name__)
 
@@ -460,9 +462,9 @@ def _backbone(student: dict, shape: tuple):
     return keras.Model(full.get_layer(_STEM[family]).input, full.outputs[0], name=full.name)
 
 
-def train_student(model, student: dict, train, path) -> Path:
-    """Build the student ``student`` describes and distill it from ``model`` on ``train``;
-    write it to ``path`` (``.keras``).
+def train_student(model, student: StudentStep, train, path) -> Path:
+    """Build the student ``student`` (a ``StudentStep`` or its document) describes and distill
+    it from ``model`` on ``train``; write it to ``path`` (``.keras``).
 
     Raises:
         InputError: no training data, or a source that is not a scalable family.
@@ -471,7 +473,7 @@ def train_student(model, student: dict, train, path) -> Path:
     import tensorflow as tf
 
     from converters.distill import recalibrate_batchnorm
-    from edgekit.train_api import _save, distill, load_keras_model, load_training_data
+    from edgekit.train_api import distill, load_keras_model, load_training_data, save_model
 
     if train is None:
         raise InputError("this recipe trains a smaller student by distillation: pass the "
@@ -482,17 +484,18 @@ def train_student(model, student: dict, train, path) -> Path:
     keras.backend.clear_session()
     teacher = load_keras_model(model)
     fam = recognise(teacher, model)
-    keras.utils.set_random_seed(int(student.get("seed", 0)))
+    student = StudentStep.of(student)
+    keras.utils.set_random_seed(int(student.seed))
     tf.config.experimental.enable_op_determinism()
-    net = build_student(fam, student)
+    net = build_student(fam, student.architecture)
     x, y = load_training_data(train, net)
-    distill(net, teacher, (x, y), temperature=float(student.get("temperature", 4.0)),
-            alpha=float(student.get("kd_alpha", 0.7)), epochs=int(student.get("epochs", 1)),
-            learning_rate=float(student.get("learning_rate", 1e-3)))
+    distill(net, teacher, (x, y), temperature=float(student.temperature),
+            alpha=float(student.kd_alpha), epochs=int(student.epochs),
+            learning_rate=float(student.learning_rate))
     # A student trained from scratch for a few epochs keeps near-initial BN moving statistics
     # (keras.applications' momentum is 0.999): estimate them from the training data.
     recalibrate_batchnorm(net, x)
-    return _save(net, path)
+    return save_model(net, path)
 
 
 def estimate(model, train, students, epochs: int, batch_size: int = 32) -> dict:

@@ -102,12 +102,25 @@ def advice_lines(rows, best, info, *, objective: str, max_accuracy_drop: float, 
     return lines
 
 
-def _x(ratio: Optional[float]) -> str:
+def ratio_text(ratio: Optional[float]) -> str:
+    """A ratio as the advice writes it (``0.42x``; ``?`` when unknown)."""
     return "?" if ratio is None else f"{ratio:.2f}x"
 
 
-def _ms(v: Optional[float]) -> str:
+def ms_text(v: Optional[float]) -> str:
+    """Milliseconds as the advice writes them (three significant digits; ``?`` when unknown)."""
     return "?" if v is None else f"{v:.3g} ms"
+
+
+def device_summary(info: Optional[dict]) -> dict:
+    """The facts of the agent's probe ``info`` that the advice uses, for the JSON documents of
+    ``advise`` and ``optimize`` (the full probe is in results.db)."""
+    cpu = (info or {}).get("cpu") or {}
+    return {"arch": (info or {}).get("arch"), "cpu_model": cpu.get("model"),
+            "cores": cpu.get("cores"), "cpu_features": cpu.get("features"),
+            "runtimes": [f"{r.get('name')} {r.get('version')}"
+                         for r in (info or {}).get("runtimes") or []],
+            "emulation": (info or {}).get("emulation")}
 
 
 def _size(n: Optional[int]) -> str:
@@ -128,19 +141,20 @@ def _winner(best, by, rows, objective, budget, device) -> str:
     base = by.get(best.baseline) if best.baseline else None
     if objective == "size":
         head = (f"Choose {best.recipe} for size on {device}: {_size(best.bytes)}"
-                + (f" = {_x(best.size_ratio)} {base.recipe}" if base and base is not best else "")
-                + f", p50 {_ms(best.p50_ms)}"
-                + (f" ({_x(best.latency_ratio)} fp32)" if best.latency_ratio else ""))
+                + (f" = {ratio_text(best.size_ratio)} {base.recipe}"
+                   if base and base is not best else "")
+                + f", p50 {ms_text(best.p50_ms)}"
+                + (f" ({ratio_text(best.latency_ratio)} fp32)" if best.latency_ratio else ""))
     else:
-        head = f"Choose {best.recipe} for latency on {device}: p50 {_ms(best.p50_ms)}"
+        head = f"Choose {best.recipe} for latency on {device}: p50 {ms_text(best.p50_ms)}"
         if base is not None and base is not best:
-            head += f" = {_x(best.latency_ratio)} {base.recipe} ({_ms(base.p50_ms)})"
+            head += f" = {ratio_text(best.latency_ratio)} {base.recipe} ({ms_text(base.p50_ms)})"
         elif base is best:
             head += " (no cheaper recipe beat fp32 here)"
         if base is not None and base is not best and best.latency_ratio is not None and \
                 abs(best.latency_ratio - 1) <= SAME:
             head += " (within run-to-run noise of fp32: the smaller file is the sure gain)"
-        head += f", {_size(best.bytes)}" + (f" ({_x(best.size_ratio)} fp32)"
+        head += f", {_size(best.bytes)}" + (f" ({ratio_text(best.size_ratio)} fp32)"
                                             if best.size_ratio and base is not best else "")
     fp32 = [r for r in rows if r.ran and r.precision == "fp32" and r.recipe != best.recipe]
     fastest = min(fp32, key=lambda r: r.p50_ms, default=None)
@@ -159,9 +173,10 @@ def _per_runtime(rows) -> list[str]:
         base = next((r for r in rows if same and r.recipe == same[0].baseline), None)
         if base is None or not base.ran:
             continue
-        parts = [f"{r.recipe} {_x(r.latency_ratio)}" for r in same if r is not base and r.ran]
+        parts = [f"{r.recipe} {ratio_text(r.latency_ratio)}" for r in same
+                 if r is not base and r.ran]
         if parts:
-            out.append(f"{runtime} latency vs {base.recipe} ({_ms(base.p50_ms)}): "
+            out.append(f"{runtime} latency vs {base.recipe} ({ms_text(base.p50_ms)}): "
                        + ", ".join(parts) + ".")
     return out
 
@@ -173,10 +188,10 @@ def _drift(rows) -> list[str]:
         first, last = (r.p50_repeats_ms or [None, None])[:2]
         if first and last and max(first, last) / min(first, last) > 1 + DRIFT:
             spread = 100 * (max(first, last) / min(first, last) - 1)
-            out.append(f"Speed drifted while measuring: {r.recipe} took {_ms(first)} first and "
-                       f"{_ms(last)} after the other recipes ({spread:.0f}% apart; other load or "
-                       f"throttling). Its mean is the baseline, but ratios within that spread are "
-                       f"not conclusive: re-run on an idle device, or with more --runs.")
+            out.append(f"Speed drifted while measuring: {r.recipe} took {ms_text(first)} first "
+                       f"and {ms_text(last)} after the other recipes ({spread:.0f}% apart; other "
+                       f"load or throttling). Its mean is the baseline, but ratios within that "
+                       f"spread are not conclusive: re-run on an idle device, or with more --runs.")
     return out
 
 
@@ -214,13 +229,13 @@ def _explanations(rows, cpu: CpuFacts, by) -> list[str]:
     if fp16 and not any(r in g for g in slower.values() for r in fp16):
         out.append("tflite-fp16 halves the weights only: LiteRT's CPU kernels dequantize fp16 "
                    "weights to fp32 at load, so expect fp32 speed (measured "
-                   + ", ".join(_x(r.latency_ratio) for r in fp16) + ")"
+                   + ", ".join(ratio_text(r.latency_ratio) for r in fp16) + ")"
                    + ("; this CPU has fp16 arithmetic (fphp/asimdhp), which a GPU delegate or "
                       "XNNPACK's fp16 inference can use." if cpu.fp16_math else
                       "; fp16 pays off on a GPU delegate (or a CPU with fp16 arithmetic, ARM "
                       "fphp)."))
     if tiny_base is not None:
-        out.append(f"{tiny_base.recipe} takes only {_ms(tiny_base.p50_ms)}: on a model this "
+        out.append(f"{tiny_base.recipe} takes only {ms_text(tiny_base.p50_ms)}: on a model this "
                    "small, per-op overhead (Quantize/Dequantize, casts, kernel dispatch) weighs "
                    "more than arithmetic, so the ratios may not carry over to a larger model.")
     return out
@@ -315,14 +330,14 @@ def _next_steps(rows, best, model, objective, latency_budget_ms) -> list[str]:
     if latency_budget_ms is not None and best.p50_ms is not None:
         if best.p50_ms > latency_budget_ms:
             need = best.p50_ms / latency_budget_ms
-            out.append(f"Even {best.recipe} takes {_ms(best.p50_ms)}, {need:.1f}x your "
+            out.append(f"Even {best.recipe} takes {ms_text(best.p50_ms)}, {need:.1f}x your "
                        f"{latency_budget_ms:g} ms budget: quantization alone will not close it. "
                        f"Shrink the network: `edgekit prune {model} --ratio "
                        f"{min(0.7, round(1 - 1 / need, 1)) or 0.1:g}` (removes channels), or "
                        "`edgekit distill` into a smaller one, then advise again.")
         else:
             out.append(f"{best.recipe} meets your {latency_budget_ms:g} ms budget "
-                       f"({_ms(best.p50_ms)}).")
+                       f"({ms_text(best.p50_ms)}).")
     quant = [r for r in rows if r.ran and r.within_budget and r.precision in QUANTIZED
              and r.latency_ratio is not None]
     fastest_q = min(quant, key=lambda r: r.latency_ratio, default=None)
@@ -387,7 +402,7 @@ def _one_session(by_value: dict) -> dict:
 
 
 def _vs_base(r) -> str:
-    return f" ({_x(r.latency_ratio)} {r.baseline})" if r.latency_ratio and r.baseline \
+    return f" ({ratio_text(r.latency_ratio)} {r.baseline})" if r.latency_ratio and r.baseline \
         and r.baseline != r.recipe else ""
 
 
@@ -404,8 +419,8 @@ def _simd(cpu: CpuFacts) -> str:
 
 def _xnnpack_line(on, off, cpu: CpuFacts) -> str:
     ratio = off.p50_ms / on.p50_ms
-    head = (f"{on.recipe} with XNNPACK {_ms(on.p50_ms)}{_vs_base(on)} vs LiteRT's built-in "
-            f"kernels ({off.recipe}) {_ms(off.p50_ms)}{_vs_base(off)}")
+    head = (f"{on.recipe} with XNNPACK {ms_text(on.p50_ms)}{_vs_base(on)} vs LiteRT's built-in "
+            f"kernels ({off.recipe}) {ms_text(off.p50_ms)}{_vs_base(off)}")
     if ratio > 1 + SAME:
         simd = _simd(cpu)
         why = f"; its kernels are hand-tuned for this CPU's {simd}" if simd else ""
@@ -427,7 +442,7 @@ def _ort_level_line(by_level: dict, cpu: CpuFacts) -> str:
     int8 = fast.precision == "int8"
     what = f"ONNX Runtime {'int8' if int8 else fast.precision} ({fast.target})"
     head = (f"{what} at graph optimization level " + ", ".join(
-        f"'{lv}' {_ms(r.p50_ms)}{_vs_base(r)}" for lv, r in named))
+        f"'{lv}' {ms_text(r.p50_ms)}{_vs_base(r)}" for lv, r in named))
     ratio = slow.p50_ms / fast.p50_ms
     if ratio <= 1 + SAME:
         return (f"{head}: no measurable difference between the levels ({ratio:.2f}x, within "
@@ -474,7 +489,7 @@ def _quant_format_line(qdq, qop) -> str:
     ratio = qdq.p50_ms / qop.p50_ms
     level = (getattr(qdq, "variant", None) or {}).get("ort_opt_level")
     head = (f"onnx-int8 as QOperator ({qop.recipe}: QLinearConv/QLinearMatMul in the file) "
-            f"{_ms(qop.p50_ms)}{_vs_base(qop)} vs QDQ ({qdq.recipe}) {_ms(qdq.p50_ms)}"
+            f"{ms_text(qop.p50_ms)}{_vs_base(qop)} vs QDQ ({qdq.recipe}) {ms_text(qdq.p50_ms)}"
             f"{_vs_base(qdq)}")
     fused = level in ("extended", "all")
     if ratio > 1 + SAME:

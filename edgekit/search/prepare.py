@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from edgekit.errors import InputError
-from edgekit.optimizer_space import SearchSpace
+from edgekit.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +20,9 @@ def arch_students(source: Path, fmt: str, space: SearchSpace, train, out: Path,
     (``progress`` lines starting "estimate:", ``arch_estimate.json``) before anything runs."""
     from dataclasses import replace as _replace
 
-    from edgekit import optimizer_arch as arch
     from edgekit.fsutil import write_json_atomic
     from edgekit.train_api import load_keras_model
+    from edgekit.training import students as arch
 
     if fmt not in ("keras", "h5"):
         raise InputError(f"architecture scaling rebuilds keras.applications models (.keras/.h5), "
@@ -51,7 +51,7 @@ def compress_estimate(source: Path, space: SearchSpace, train, out: Path, progre
     """Tell the compression fine-tunes' cost before anything runs (``progress`` lines starting
     "estimate:", ``compress_estimate.json``)."""
     from edgekit.fsutil import write_json_atomic
-    from edgekit.recipe_compress import estimate
+    from edgekit.training.compress import estimate
 
     settings = [(s, k) for s in space.compress_sparsities for k in space.compress_clusters]
     est = estimate(source, train, settings)

@@ -13,8 +13,9 @@ import pytest
 
 from calibration_data.digits import digits_path
 from edgekit.cli.main import main
-from edgekit.optimizer import BEST_RECIPE, REPORT, SearchSpace
 from edgekit.recipe import Recipe, load_recipe
+from edgekit.search.settings import BEST_RECIPE, REPORT
+from edgekit.search.space import SearchSpace
 
 CALIB, EVAL, TRAIN = digits_path("calibration"), digits_path("eval"), digits_path("train")
 # gzip bytes: the digits CNN's fp32 (~18 KB gzip) and dense int8 (~6 KB gzip) files do not fit;
@@ -126,7 +127,7 @@ def test_replay_without_training_data_is_refused(study, digits_cnn, tmp_path, ca
 
 
 def test_cache_key_includes_compress():
-    from edgekit.optimizer_space import recipe_from_params
+    from edgekit.search.space import recipe_from_params
 
     base = {"target": "tflite-fp32", "compress_sparsity": 0.5, "compress_clusters": 0,
             "compress_epochs": 1, "compress_learning_rate": 1e-3}
@@ -145,7 +146,7 @@ def test_search_space_dimensions():
     import optuna
 
     from edgekit.errors import InputError
-    from edgekit.optimizer_space import P_TFL_PER_CHANNEL
+    from edgekit.search.space import P_TFL_PER_CHANNEL
 
     space = SearchSpace(targets=("tflite-fp32", "tflite-int8"), compress=True).resolve("keras",
                                                                                        None)

@@ -16,9 +16,11 @@ import json
 import numpy as np
 import pytest
 
-from edgekit.optimizer import SearchSpace, optimize
-from edgekit.optimizer_arch import candidates, detect
-from edgekit.recipe import load_recipe, replay
+from edgekit.recipe import load_recipe
+from edgekit.search.loop import optimize
+from edgekit.search.space import SearchSpace
+from edgekit.training.replay import replay
+from edgekit.training.students import candidates, detect
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ def _student(fam, name, seed=0):
     """The student ``name`` of ``fam``, built as ``train_student`` builds it."""
     import keras
 
-    from edgekit.optimizer_arch import build_student, parse_student
+    from edgekit.training.students import build_student, parse_student
 
     keras.utils.set_random_seed(seed)
     return build_student(fam, parse_student(name))
@@ -254,8 +256,8 @@ def test_student_rebuilt_from_its_dict_is_deterministic():
 
 def test_student_names_and_recipe_documents_round_trip():
     from edgekit.errors import InputError
-    from edgekit.optimizer_arch import parse_student, student_name
     from edgekit.recipe import Recipe
+    from edgekit.training.students import parse_student, student_name
 
     cases = {"mobilenetv2-a0.35-r96": (0.35, 96, "mobilenetv2", "", False),
              "mobilenetv3small-a0.5-r64": (0.5, 64, "mobilenetv3", "small", False),
@@ -287,7 +289,7 @@ def test_unscalable_models_are_refused_with_the_reason():
     import keras
 
     from edgekit.errors import InputError
-    from edgekit.optimizer_arch import recognise
+    from edgekit.training.students import recognise
 
     plain = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     with pytest.raises(InputError, match="not a keras.applications MobileNetV2/V3/EfficientNet"):

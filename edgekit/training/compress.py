@@ -1,8 +1,8 @@
 """A recipe's ``compress`` step: magnitude sparsity and/or weight clustering of a Keras source,
 fine-tuned on the training data, before it is converted.
 
-``Recipe.compress`` is a plain dict, ``{"sparsity": 0.8 or None, "clusters": 16 or None,
-"epochs", "learning_rate", "seed", "train": {path, sha256}}``. Sparsity is gradual magnitude
+``Recipe.compress`` is a ``CompressStep`` (``sparsity``, ``clusters``, ``epochs``,
+``learning_rate``, ``seed``, ``train``). Sparsity is gradual magnitude
 sparsity (``converters.sparsity``, polynomial schedule over the fine-tune, the first conv and
 depthwise kernels left dense: ``keep_sensitive``); clusters then share ``clusters`` values per
 layer over the weights that survived (``converters.clustering``, BatchNorm folded first, zeros
@@ -25,54 +25,14 @@ import math
 from pathlib import Path
 
 from edgekit.errors import InputError
+from edgekit.recipe import CompressStep, check_compress
 
 log = logging.getLogger(__name__)
 
-#: The keys of ``Recipe.compress`` (``train`` is the FileRef of the fine-tuning data).
-KEYS = ("sparsity", "clusters", "epochs", "learning_rate", "seed", "train")
-MAX_CLUSTERS = 256  # int8 holds 256 values (``ClusterSpec``)
-
-
-def check_compress(doc, where: str = "recipe") -> dict:
-    """``doc`` if it is a valid ``compress`` dict, with messages that say what is wrong.
-
-    Raises:
-        InputError: not a dict, an unknown key, a value out of range, or neither sparsity nor
-            clusters.
-    """
-    if not isinstance(doc, dict):
-        raise InputError(f"{where} compress must be an object like {{\"sparsity\": 0.8, "
-                         f"\"clusters\": 16, \"epochs\": 1, \"learning_rate\": 0.0003, "
-                         f"\"seed\": 0}}, got {doc!r}")
-    unknown = sorted(set(doc) - set(KEYS))
-    if unknown:
-        raise InputError(f"{where} compress has unknown key(s) {unknown}; known: {list(KEYS)}")
-    s, k = doc.get("sparsity"), doc.get("clusters")
-    if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))
-                          or not 0 < s < 1):
-        raise InputError(f"{where} compress sparsity must be a fraction in (0, 1) or null, "
-                         f"got {s!r}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int)
-                          or not 2 <= k <= MAX_CLUSTERS):
-        raise InputError(f"{where} compress clusters must be an integer in 2..{MAX_CLUSTERS} "
-                         f"or null, got {k!r}")
-    if s is None and k is None:
-        raise InputError(f"{where} compress sets neither sparsity nor clusters: give one or "
-                         "both (or leave compress out)")
-    e, lr, seed = doc.get("epochs", 1), doc.get("learning_rate", 3e-4), doc.get("seed", 0)
-    if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-        raise InputError(f"{where} compress epochs must be an integer >= 0, got {e!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise InputError(f"{where} compress learning_rate must be > 0, got {lr!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"{where} compress seed must be an integer, got {seed!r}")
-    return doc
-
-
-def technique(compress: dict) -> str:
+def technique(compress: CompressStep) -> str:
     """``magnitude``, ``clustering`` or ``magnitude+clustering`` (the compression record's)."""
-    return "+".join(t for t, on in (("magnitude", compress.get("sparsity")),
-                                    ("clustering", compress.get("clusters"))) if on)
+    return "+".join(t for t, on in (("magnitude", compress.sparsity),
+                                    ("clustering", compress.clusters)) if on)
 
 
 def setting_name(sparsity, clusters) -> str:
@@ -81,20 +41,19 @@ def setting_name(sparsity, clusters) -> str:
                                     (f"k{int(clusters or 0)}", clusters)) if on)
 
 
-def compress_name(compress: dict) -> str:
+def compress_name(compress: CompressStep) -> str:
     """The recipe-name part, e.g. ``sparse80-k16-e1-lr0.0003``."""
-    return (f"{setting_name(compress.get('sparsity'), compress.get('clusters'))}"
-            f"-e{int(compress.get('epochs', 1))}"
-            f"-lr{float(compress.get('learning_rate', 3e-4)):g}")
+    return (f"{setting_name(compress.sparsity, compress.clusters)}"
+            f"-e{int(compress.epochs)}-lr{float(compress.learning_rate):g}")
 
 
-def compress_source(model, compress: dict, train, path) -> Path:
+def compress_source(model, compress: CompressStep, train, path) -> Path:
     """Write ``model`` compressed as ``compress`` says to ``path`` (``.keras``), with its
     ``.compression.json`` record beside it.
 
     Args:
         model: a ``.keras``/``.h5`` path (the source, or the pruned/student model).
-        compress: ``Recipe.compress``.
+        compress: ``Recipe.compress`` (a ``CompressStep``, or its document).
         train: training data for the fine-tune (needed when ``epochs`` > 0).
         path: where the compressed model goes.
 
@@ -109,16 +68,17 @@ def compress_source(model, compress: dict, train, path) -> Path:
     from converters.sparsity import SparsitySpec, file_sizes, sparsify
     from converters.train_loop import LoopSpec
     from edgekit.compression_record import write_record
-    from edgekit.train_api import _copy, _save, load_keras_model, load_training_data
+    from edgekit.train_api import copy_model, load_keras_model, load_training_data, save_model
 
-    check_compress(compress)
-    epochs = int(compress.get("epochs", 1))
-    lr = float(compress.get("learning_rate", 3e-4))
-    seed = int(compress.get("seed", 0))
+    compress = CompressStep.of(check_compress(
+        compress.to_dict() if isinstance(compress, CompressStep) else compress))
+    epochs = int(compress.epochs)
+    lr = float(compress.learning_rate)
+    seed = int(compress.seed)
     if train is None and epochs:
         raise InputError("this recipe compresses the model and fine-tunes it: pass the training "
-                         "data (--train)" + (f", e.g. {compress['train']['path']}"
-                                             if (compress.get("train") or {}).get("path")
+                         "data (--train)" + (f", e.g. {compress.train.path}"
+                                             if compress.train and compress.train.path
                                              else ""))
     # Layers built here without a name take one from a per-process counter, and names reach
     # the artifact's tensor names: reset it, so a model compressed after others has the same
@@ -131,15 +91,15 @@ def compress_source(model, compress: dict, train, path) -> Path:
     record = {"technique": technique(compress), "epochs": epochs,
               "learning_rate": lr if epochs else None, "seed": seed}
     net = source
-    sparsity = compress.get("sparsity")
+    sparsity = compress.sparsity
     if sparsity:
         spec = SparsitySpec(sparsity=float(sparsity), keep_sensitive=True)
-        net = _copy(source)
+        net = copy_model(source)
         rep = sparsify(net, spec, data=data, epochs=epochs, learning_rate=lr)
         record.update({**spec.to_dict(), "kept_dense": rep["kept_dense"],
                        "sparsity_measured": rep["sparsity"],
                        "sparsity_all_kernels": rep["sparsity_all_kernels"]})
-    clusters = compress.get("clusters")
+    clusters = compress.clusters
     if clusters:
         spec = ClusterSpec(clusters=int(clusters), preserve_sparsity=bool(sparsity), seed=seed)
         loop = LoopSpec(epochs=epochs, learning_rate=lr, seed=seed) if epochs else None
@@ -149,7 +109,7 @@ def compress_source(model, compress: dict, train, path) -> Path:
         record.update({**params, "layers": rep["layers"], "skipped": rep["skipped"],
                        "batchnorm_folded": rep["batchnorm_folded"]})
     path = Path(path)
-    _save(net, path)
+    save_model(net, path)
     record["sizes"] = file_sizes(path)
     write_record(path, record)
     return path
@@ -171,14 +131,14 @@ def estimate(model, train, compress_settings: list, batch_size: int = 32) -> dic
 
     from converters.distill import output_kind, task_loss
     from converters.train_loop import step_clock
-    from edgekit.train_api import _copy, load_keras_model, load_training_data
+    from edgekit.train_api import copy_model, load_keras_model, load_training_data
 
     source = load_keras_model(model)
     x, y = load_training_data(train, source)
     steps = max(1, math.ceil(len(x) / batch_size))
     probe_n = min(len(x), 5 * batch_size)
 
-    net = _copy(source)
+    net = copy_model(source)
     net.compile(optimizer=keras.optimizers.Adam(1e-4), loss=task_loss(output_kind(net, x)))
     clock = step_clock()
     net.fit(x[:probe_n], y[:probe_n], epochs=1, batch_size=batch_size, verbose=0,
@@ -195,5 +155,4 @@ def estimate(model, train, compress_settings: list, batch_size: int = 32) -> dic
             "seconds_per_epoch": sum(v["seconds_per_epoch"] for v in out.values())}
 
 
-__all__ = ["KEYS", "check_compress", "compress_name", "compress_source", "estimate",
-           "setting_name", "technique"]
+__all__ = ["compress_name", "compress_source", "estimate", "setting_name", "technique"]

@@ -1,24 +1,20 @@
-"""What ``optimize`` searches over, and the content-addressed build cache its trials share.
+"""What ``optimize`` searches over.
 
 A trial's Optuna parameters (``target``, ``threads``, the onnx-int8 knobs...) become a ``Recipe``
 here; the same parameters always give the same recipe name and build key, so a recipe sampled
-twice is built once (``BuildCache``), even by two worker processes at the same time.
+twice is built once (``edgekit.search.build.BuildCache``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, fields, replace
 
 from converters.options import ConvertOptions
 from converters.registry import get_target, targets_for
-from edgekit.errors import ConversionError, EdgekitError, InputError
+from edgekit.errors import InputError
 from edgekit.gate import QUANTIZED
-from edgekit.recipe import Recipe, options_to_json
+from edgekit.recipe import CompressStep, PruneStep, Recipe, StudentStep, options_to_json
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +36,7 @@ P_SPARSITY, P_CLUSTERS, P_C_EPOCHS, P_C_LR = ("compress_sparsity", "compress_clu
 # graph differ in byte order and a recipe could not be replayed byte-identically (it runs the
 # same graph as onnx-fp32 in the same runtime, so the search loses no speed by it).
 NOT_REPLAYABLE = ("ort",)
-#: Set to ``build:<substring>`` or ``run:<substring>`` to make trials whose recipe name contains
-#: the substring fail on purpose: the build raises, or the device run gets a 1 MiB address-space
-#: cap so the agent's measuring process really crashes (tests of "failures are results").
-FAULT_ENV = "EDGEKIT_OPTIMIZE_FAULT"
 _INT8 = ("tflite-int8", "onnx-int8")
-
-
-class TrialFailed(EdgekitError):
-    """A trial's recipe could not be built, missed the gate, or failed on the device.
-
-    Attributes:
-        stage: "convert", "gate", "compress" (the compress step refused the model) or
-            "benchmark".
-    """
-
-    def __init__(self, stage: str, message: str):
-        super().__init__(message)
-        self.stage = stage
 
 
 @dataclass(frozen=True)
@@ -86,10 +65,10 @@ class SearchSpace:
         finetune_epochs / learning_rates / temperatures / alphas: the fine-tuning choices.
         finetune_stop_margin: a fine-tune whose eval accuracy after an epoch is more than the
             accuracy budget plus this many points below the source is stopped, its trial
-            pruned (``optimizer_pruner``); None: fine-tunes always run to the end.
+            pruned (``edgekit.search.pruner``); None: fine-tunes always run to the end.
         arch_scaling: also try smaller students of a ``keras.applications`` MobileNetV2/V3 or
             EfficientNet(V2) source, or of a model with one as its backbone, distilled from it
-            on the training data (``optimizer_arch``); off by default: it
+            on the training data (``edgekit.training.students``); off by default: it
             costs training time, estimated and printed before the search starts.
         arch_alphas / arch_resolution_scales: the students' width multipliers (MobileNets;
             EfficientNets step down B-variants instead) and input resolutions (fractions of the
@@ -97,8 +76,8 @@ class SearchSpace:
         arch_epochs: distillation epochs per student.
         arch_students: the student names found for the source (set by ``optimize``).
         compress: also try magnitude sparsity and/or weight clustering of the source,
-            fine-tuned on the training data (``recipe_compress``); off by default: it costs
-            training time, estimated and printed before the search starts.
+            fine-tuned on the training data (``edgekit.training.compress``); off by default:
+            it costs training time, estimated and printed before the search starts.
         compress_sparsities / compress_clusters: the choices (0: that step is not applied;
             both 0: the source uncompressed).
         compress_epochs / compress_learning_rates: the compression fine-tune's choices (as
@@ -368,31 +347,30 @@ def recipe_from_params(params: dict, gate: ConvertOptions | None = None,
                     min_top1_agreement=gate.min_top1_agreement, min_sqnr_db=gate.min_sqnr_db)
     prune = None
     if params.get(P_PRUNE):
-        prune = {"ratio": float(params[P_PRUNE]), "criterion": params[P_CRITERION],
-                 "epochs": int(params[P_EPOCHS]), "learning_rate": float(params[P_LR]),
-                 "distill": bool(params[P_DISTILL]), "seed": 0,
-                 "train": train.to_dict() if train else None}
-        name.append(f"pruned{round(100 * prune['ratio'])}-{prune['criterion']}-"
-                    f"e{prune['epochs']}-lr{prune['learning_rate']:g}")
-        if prune["distill"]:
-            prune.update(temperature=float(params[P_TEMP]), alpha=float(params[P_ALPHA]))
-            name.append(f"kd-T{prune['temperature']:g}-a{prune['alpha']:g}")
+        distill = bool(params[P_DISTILL])
+        kd = {"temperature": float(params[P_TEMP]), "alpha": float(params[P_ALPHA])} \
+            if distill else {}
+        prune = PruneStep(float(params[P_PRUNE]), params[P_CRITERION], int(params[P_EPOCHS]),
+                          float(params[P_LR]), distill, seed=0, train=train, **kd)
+        name.append(f"pruned{round(100 * prune.ratio)}-{prune.criterion}-"
+                    f"e{prune.epochs}-lr{prune.learning_rate:g}")
+        if prune.distill:
+            name.append(f"kd-T{prune.temperature:g}-a{prune.alpha:g}")
     student = None
     if params.get(P_STUDENT, NO_STUDENT) != NO_STUDENT:
-        from edgekit.optimizer_arch import parse_student
+        from edgekit.training.students import parse_student
 
-        student = {**parse_student(params[P_STUDENT]), "epochs": int(params[P_STUDENT_EPOCHS]),
-                   "learning_rate": 1e-3, "temperature": 4.0, "kd_alpha": 0.7, "seed": 0,
-                   "train": train.to_dict() if train else None}
-        name.append(f"{params[P_STUDENT]}-e{student['epochs']}")
+        student = StudentStep(**parse_student(params[P_STUDENT]),
+                              epochs=int(params[P_STUDENT_EPOCHS]), seed=0, train=train)
+        name.append(f"{params[P_STUDENT]}-e{student.epochs}")
     compress = None
     if params.get(P_SPARSITY) or params.get(P_CLUSTERS):
-        from edgekit.recipe_compress import compress_name
+        from edgekit.training.compress import compress_name
 
-        compress = {"sparsity": float(params[P_SPARSITY]) if params.get(P_SPARSITY) else None,
-                    "clusters": int(params[P_CLUSTERS]) if params.get(P_CLUSTERS) else None,
-                    "epochs": int(params[P_C_EPOCHS]), "learning_rate": float(params[P_C_LR]),
-                    "seed": 0, "train": train.to_dict() if train else None}
+        compress = CompressStep(
+            float(params[P_SPARSITY]) if params.get(P_SPARSITY) else None,
+            int(params[P_CLUSTERS]) if params.get(P_CLUSTERS) else None,
+            int(params[P_C_EPOCHS]), float(params[P_C_LR]), seed=0, train=train)
         name.append(compress_name(compress))
     threads = int(params.get(P_THREADS, 1))
     if threads != 1:
@@ -409,106 +387,7 @@ def recipe_from_params(params: dict, gate: ConvertOptions | None = None,
 
 
 def _set(opts: ConvertOptions, **values) -> ConvertOptions:
-    from dataclasses import replace
-
     return replace(opts, **values)
 
 
-def fault_for(recipe_name: str) -> str | None:
-    """The stage (``build`` or ``run``) the fault injection ``FAULT_ENV`` names for this recipe."""
-    spec = os.environ.get(FAULT_ENV, "")
-    stage, _, needle = spec.partition(":")
-    if stage in ("build", "run") and needle and needle in recipe_name:
-        return stage
-    return None
-
-
-@dataclass
-class BuildCache:
-    """Artifacts by content address (source + calibration + target + options + training
-    steps: ``Recipe.build_key``): a folder per key holding the convert output (artifact + manifest.json), or ``failed.json`` with why.
-
-    Builds go to a temporary folder renamed into place, so two workers building one key at once
-    both end up with the same complete folder.
-    """
-
-    folder: Path
-    source_sha256: str
-    calibration_sha256: str | None
-    train: str | None = None
-    hits: int = field(default=0)
-
-    def path_for(self, recipe: Recipe) -> Path:
-        return self.folder / recipe.build_key(self.source_sha256, self.calibration_sha256)[:24]
-
-    def build(self, recipe: Recipe, model, *, calibration, eval, base: ConvertOptions,
-              callbacks=None):
-        """The recipe's Artifact, built now or taken from the cache.
-
-        Args:
-            callbacks: for a recipe that fine-tunes: ``prune_source``'s callbacks (passed on by
-                ``recipe.trained_source``, the steps ``convert --recipe`` replays).
-
-        Raises:
-            TrialFailed: the build failed or missed the gate (now or when first built).
-            optuna.TrialPruned: its fine-tune was stopped as hopeless (now or when first built:
-                ``pruned.json`` keeps why, so the same recipe is not fine-tuned again).
-        """
-        import optuna
-
-        from edgekit.api import convert
-        from edgekit.artifact import MANIFEST_NAME, read_manifest
-        from edgekit.recipe import CompressRefused, trained_source
-
-        final = self.path_for(recipe)
-        if (final / "failed.json").is_file():
-            doc = json.loads((final / "failed.json").read_text())
-            self.hits += 1
-            raise TrialFailed(doc["stage"], doc["error"])
-        if (final / "pruned.json").is_file():
-            self.hits += 1
-            raise optuna.TrialPruned(json.loads((final / "pruned.json").read_text())["reason"])
-        if (final / MANIFEST_NAME).is_file():
-            self.hits += 1
-            return read_manifest(final)[0]
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        failure = pruned = None
-        try:
-            if fault_for(recipe.name) == "build":
-                raise ConversionError(f"fault injected by {FAULT_ENV}="
-                                      f"{os.environ.get(FAULT_ENV)!r}: build of {recipe.name} "
-                                      "refused on purpose")
-            try:
-                source = trained_source(recipe, model, self.train, tmp, callbacks=callbacks)
-            except CompressRefused as e:  # e.g. nothing to cluster: this recipe fails, the
-                raise TrialFailed("compress", str(e)) from e  # search goes on
-            convert(source, [recipe.target], calibration=calibration, eval=eval, out=tmp,
-                    options=recipe.options(base))
-        except (ConversionError, TrialFailed) as e:
-            msg = next(iter((getattr(e, "failures", None) or {}).values()), str(e))
-            failure = (e.stage if isinstance(e, TrialFailed) else
-                       "gate" if "missed the fidelity gate" in msg else "convert", msg)
-            tmp.mkdir(parents=True, exist_ok=True)
-            (tmp / "failed.json").write_text(json.dumps({"stage": failure[0],
-                                                         "error": failure[1]}))
-        except optuna.TrialPruned as e:  # a hopeless fine-tune: remembered, not a failure
-            pruned = e
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            (tmp / "pruned.json").write_text(json.dumps({"reason": str(e)}))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another worker put the same key in place first: theirs is equal
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not final.is_dir():
-                raise
-        if failure is not None:
-            raise TrialFailed(*failure)
-        if pruned is not None:
-            raise pruned
-        return read_manifest(final)[0]
-
-
-__all__ = ["SearchSpace", "BuildCache", "TrialFailed", "recipe_from_params", "fault_for",
-           "FAULT_ENV", "NOT_REPLAYABLE"]
+__all__ = ["SearchSpace", "recipe_from_params", "NOT_REPLAYABLE"]

@@ -3,8 +3,8 @@ rows and probes are constructed)."""
 
 from __future__ import annotations
 
-from edgekit.advice_text import CpuFacts, advice_lines
-from edgekit.advisor import AdviceRow
+from edgekit.search.advice_text import CpuFacts, advice_lines
+from edgekit.search.advisor import AdviceRow
 
 
 def _row(recipe, target, fmt, precision, p50, nbytes, rank=None, base=None, **kw):
@@ -131,7 +131,7 @@ def _variant_row(recipe, target, fmt, precision, p50, *, base=None, base_p50=Non
 
 
 def _settings_lines(rows, probe):
-    from edgekit.advice_text import setting_lines
+    from edgekit.search.advice_text import setting_lines
 
     return setting_lines(rows, CpuFacts.from_probe(probe))
 

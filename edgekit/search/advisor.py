@@ -3,7 +3,7 @@ them on one device, rank them within an accuracy budget and say which to ship an
 
 No training: every recipe is one ``convert()`` (its own output folder, verified against the
 source) and one ``benchmark()`` row on the device. The plain-language lines live in
-``edgekit.advice_text``.
+``edgekit.search.advice_text``.
 
 The module is ``advisor``, not ``advise``: a submodule named like the lazily exported function
 ``edgekit.advise`` would replace that function on the package once imported.
@@ -21,13 +21,13 @@ from converters.registry import get_target, targets_for
 from edgekit.errors import ConversionError, InputError, ModelLoadError
 from edgekit.fidelity.tasks import metric_text
 from edgekit.gate import QUANTIZED
+from edgekit.search.advice_text import device_summary
+from edgekit.search.settings import OBJECTIVES, RESULTS_DB
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("latency", "size")
 ADVICE_SCHEMA = "edgekit.advice"
 ADVICE_VERSION = 1
-RESULTS_DB = "results.db"
 _GATE_MISS = "missed the fidelity gate"
 # The fp32 artifact each format is compared with: .ort runs in ONNX Runtime, like onnx-fp32.
 _BASELINE_OF_FORMAT = {"tflite": "tflite-fp32", "onnx": "onnx-fp32", "ort": "onnx-fp32"}
@@ -35,7 +35,7 @@ _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Candidate:
     """One thing to build and measure: a registered target plus option overrides.
 
     Attributes:
@@ -54,7 +54,7 @@ class Recipe:
         return replace(base, **dict(self.overrides))
 
 
-def recipes_for(source_format: str, arch: Optional[str] = None) -> list[Recipe]:
+def recipes_for(source_format: str, arch: Optional[str] = None) -> list[Candidate]:
     """Every registered target the source format supports, plus the onnx-int8 variants worth
     measuring on x86 (``arch`` None: include them).
 
@@ -62,12 +62,12 @@ def recipes_for(source_format: str, arch: Optional[str] = None) -> list[Recipe]:
     7-bit weights (``reduce_range``) avoid that; uint8 activations (U8S8) take other kernels,
     often faster there than the default S8S8.
     """
-    out = [Recipe(t.name, t.name) for t in targets_for(source_format)]
+    out = [Candidate(t.name, t.name) for t in targets_for(source_format)]
     x86 = arch is None or arch.lower() in _X86
     if x86 and any(r.target == "onnx-int8" for r in out):
-        out.append(Recipe("onnx-int8-reduce-range", "onnx-int8", (("reduce_range", True),),
+        out.append(Candidate("onnx-int8-reduce-range", "onnx-int8", (("reduce_range", True),),
                           "7-bit weights: no int8 saturation on x86 CPUs without VNNI"))
-        out.append(Recipe("onnx-int8-u8s8", "onnx-int8", (("unsigned_activations", True),),
+        out.append(Candidate("onnx-int8-u8s8", "onnx-int8", (("unsigned_activations", True),),
                           "uint8 activations: ONNX Runtime's U8S8 kernels, often faster than "
                           "S8S8 on x86 CPUs without VNNI"))
     return out
@@ -187,7 +187,7 @@ class Advice:
                 "best": self.best.recipe if self.best else None,
                 "rows": [{**asdict(r), "status": r.status} for r in self.rows],
                 "text": list(self.text), "out": self.out,
-                "device_info": _device_summary(self.device_info)}
+                "device_info": device_summary(self.device_info)}
 
 
 def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: float = 1.0,
@@ -292,7 +292,7 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
                         progress=lambda dev, msg, done, total: tell(f"{dev}: {msg}"))
         with ResultStore(out / RESULTS_DB) as store:
             results = benchmark([a for _, a in built], store=store, **settings)
-            for (name, _), res in zip(built, results):
+            for (name, _), res in zip(built, results, strict=True):
                 _fill_from_result(rows[name], res)
                 info = res.device_info or info
             # The fp32 baselines again, last: every ratio divides by them, and a board that
@@ -302,7 +302,7 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
             if again and len(built) > len(again):
                 tell("measuring the fp32 baselines again (drift check)")
                 for (name, _), res in zip(again, benchmark([a for _, a in again], store=store,
-                                                           **settings)):
+                                                           **settings), strict=True):
                     _average_repeat(rows[name], res)
 
     ordered = [rows[r.name] for r in chosen]
@@ -315,7 +315,7 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
     rest = [r for r in ordered if r.rank is None]
     best = ranked[0] if ranked else None
 
-    from edgekit.advice_text import advice_lines
+    from edgekit.search.advice_text import advice_lines
 
     text = advice_lines(ranked + rest, best, info, objective=objective,
                         max_accuracy_drop=max_accuracy_drop, device=spec.name, model=str(source),
@@ -326,7 +326,7 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
                    "calibration": str(calibration), "latency_budget_ms": latency_budget_ms})
 
 
-def _choose(available: list[Recipe], names: Optional[Sequence[str]]) -> list[Recipe]:
+def _choose(available: list[Candidate], names: Optional[Sequence[str]]) -> list[Candidate]:
     if not names:
         return available
     by_name = {r.name: r for r in available}
@@ -395,14 +395,4 @@ def _key(objective: str):
     return lambda r: (r.p50_ms, r.bytes)
 
 
-def _device_summary(info: dict) -> dict:
-    """The probe facts the advice uses (the full probe is in results.db)."""
-    cpu = (info or {}).get("cpu") or {}
-    return {"arch": (info or {}).get("arch"), "cpu_model": cpu.get("model"),
-            "cores": cpu.get("cores"), "cpu_features": cpu.get("features"),
-            "runtimes": [f"{r.get('name')} {r.get('version')}"
-                         for r in (info or {}).get("runtimes") or []],
-            "emulation": (info or {}).get("emulation")}
-
-
-__all__ = ["advise", "Advice", "AdviceRow", "Recipe", "recipes_for", "OBJECTIVES"]
+__all__ = ["advise", "Advice", "AdviceRow", "Candidate", "recipes_for", "OBJECTIVES"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from edgekit.optimizer_report import ROLE_BASELINE, ROLE_TOOL_DEFAULT, Study, TrialRow
+from edgekit.search.settings import RESULTS_DB
+from edgekit.search.study import ROLE_BASELINE, ROLE_TOOL_DEFAULT, Study, TrialRow
 
 
 def write_study_report(study: Study, path: Path) -> Path | None:
@@ -16,7 +17,6 @@ def write_study_report(study: Study, path: Path) -> Path | None:
     defaults and the chosen recipe marked, the explanation, an accuracy-vs-latency plot) above
     the benchmark report of every measurement in results.db."""
     from edgekit.fsutil import atomic_output
-    from edgekit.optimizer import RESULTS_DB
     from edgekit.report.data import gather, load_results
     from edgekit.report.html import render_html
 
@@ -136,12 +136,12 @@ def _marks(r: TrialRow) -> list[str]:
 
 
 def _plot(study: Study) -> bytes | None:
-    from edgekit.report.plots import _png, _pyplot
+    from edgekit.report.plots import png_bytes, pyplot
 
     pts = [r for r in study.candidates if r.accuracy is not None and r.p50_ms]
     if not pts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in pts:
         style = ("*", "#c44e52", 14) if r.chosen else ("s", "#4c72b0", 8) \
@@ -163,7 +163,7 @@ def _plot(study: Study) -> bytes | None:
     ax.set_title(f"Recipes measured on {study.settings.device}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 __all__ = ["write_study_report"]

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from edgekit.optimizer_finalists import (FINALISTS_FILE, Finalist, SideBySide, decide, pick,
-                                         read, write)
+from edgekit.search.finalists import Finalist, SideBySide, decide, pick, read, write
+from edgekit.search.settings import FINALISTS_FILE
 
 
 def _f(name, rounds, *, role=None, nbytes=10_000, feasible=True, trial=None, error=None):
@@ -97,8 +97,8 @@ def test_finalists_json_round_trip_atomic(tmp_path):
 
 
 def test_pick_caps_feasible_finalists_and_adds_the_baselines():
-    from edgekit.optimizer_report import TrialRow
     from edgekit.recipe import Recipe
+    from edgekit.search.study import TrialRow
 
     def row(name, p50, nbytes, feasible=True, role=None):
         return TrialRow(0, "complete", Recipe(name, "tflite-fp32"), role, p50_ms=p50,

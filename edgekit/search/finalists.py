@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekit.advice_text import _ms, _x  # the advice's number formats
 from edgekit.errors import EdgekitError
+from edgekit.search.advice_text import ms_text, ratio_text  # the advice's number formats
+from edgekit.search.settings import FINALISTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 MAX_FINALISTS = 4
 #: Interleaved rounds; each round measures every finalist once with the study's ``runs``.
 ROUNDS = 3
-FINALISTS_FILE = "finalists.json"
 FINALISTS_SCHEMA, FINALISTS_VERSION = "edgekit.finalists", 1
 #: For the size objective, a smaller recipe up to this much slower than fp32 side by side counts
 #: as "not slower" (run-to-run noise); the latency objective needs strictly faster.
@@ -144,7 +144,7 @@ def remeasure(candidates, settings, *, spec, connect=None, out: Path | None = No
     """Measure the finalists of ``candidates`` side by side on ``spec`` and choose on it.
 
     Args:
-        candidates: the study's merged rows (``optimizer_report.merge_repeats``).
+        candidates: the study's merged rows (``study.merge_repeats``).
         settings: the study's ``Settings`` (objective, runs, trial timeout).
         spec: the DeviceSpec to measure on. connect: its ``ConnectOptions``.
         out: the study folder: ``finalists.json`` is written there (None: not written).
@@ -160,12 +160,12 @@ def remeasure(candidates, settings, *, spec, connect=None, out: Path | None = No
     finalists = [Finalist(r.name, r.role, r.sha256, r.size(settings.size_key), r.feasible,
                           r.p50_ms) for r in rows]
     arts = {}
-    for row, f in zip(rows, finalists):
+    for row, f in zip(rows, finalists, strict=True):
         try:
             arts[f.name] = _artifact_of(row)
         except EdgekitError as e:
             f.error = str(e)
-    live = [(row, f) for row, f in zip(rows, finalists) if f.error is None]
+    live = [(row, f) for row, f in zip(rows, finalists, strict=True) if f.error is None]
     if live:
         tell(f"re-measuring {len(live)} finalist(s) side by side on {spec.name}: "
              f"{rounds} interleaved round(s) of {settings.runs} runs")
@@ -254,7 +254,8 @@ def decide(finalists: list[Finalist], objective: str, *, rounds: int, runs: int,
     if ok:
         lines.append(f"Re-measured side by side ({rounds} interleaved round(s) of {runs} runs "
                      "each on the device, median of the rounds): " + ", ".join(
-                         f"{f.name} {_ms(f.p50_ms)}" + (" (fp32 baseline)" if f.baseline else "")
+                         f"{f.name} {ms_text(f.p50_ms)}"
+                         + (" (fp32 baseline)" if f.baseline else "")
                          for f in sorted(ok, key=lambda f: f.p50_ms)) + ".")
     for f in finalists:
         if not f.ok:
@@ -276,16 +277,17 @@ def decide(finalists: list[Finalist], objective: str, *, rounds: int, runs: int,
             if fit:
                 skipped = [f for f in smaller if f.bytes < chosen.bytes]
                 lines.append(
-                    f"Side by side, {chosen.name} is {_x(ratio)} {ref.name} ({_ms(chosen.p50_ms)}"
-                    f" vs {_ms(ref.p50_ms)}): not slower than fp32"
-                    + (": " + ", ".join(f"{f.name} is smaller but {_x(f.p50_ms / ref.p50_ms)} "
-                                        f"{ref.name}" for f in skipped)
+                    f"Side by side, {chosen.name} is {ratio_text(ratio)} {ref.name} "
+                    f"({ms_text(chosen.p50_ms)} vs {ms_text(ref.p50_ms)}): not slower than fp32"
+                    + (": " + ", ".join(f"{f.name} is smaller but "
+                                        f"{ratio_text(f.p50_ms / ref.p50_ms)} {ref.name}"
+                                        for f in skipped)
                        + ", so it was passed over" if skipped else "") + ".")
             else:
                 lines.append(f"Side by side, every smaller recipe within the constraints was "
-                             f"slower than fp32: {chosen.name} {_x(ratio)} {ref.name} "
-                             f"({_ms(chosen.p50_ms)} vs {_ms(ref.p50_ms)}); chosen for size "
-                             "anyway.")
+                             f"slower than fp32: {chosen.name} {ratio_text(ratio)} {ref.name} "
+                             f"({ms_text(chosen.p50_ms)} vs {ms_text(ref.p50_ms)}); chosen for "
+                             "size anyway.")
     else:
         order = sorted(feasible, key=lambda f: (f.p50_ms, f.bytes))
         chosen = next((f for f in order if ref is None or f is ref or f.p50_ms < ref.p50_ms),
@@ -295,34 +297,35 @@ def decide(finalists: list[Finalist], objective: str, *, rounds: int, runs: int,
         if chosen is None:
             chosen = order[0]
             lines.append(f"Side by side, no finalist within the constraints was faster than "
-                         f"fp32 {ref.name} ({_ms(ref.p50_ms)}), which misses the constraints: "
+                         f"fp32 {ref.name} ({ms_text(ref.p50_ms)}), which misses the constraints: "
                          f"chose the fastest that meets them, {chosen.name} "
-                         f"({_ms(chosen.p50_ms)}, {_x(chosen.p50_ms / ref.p50_ms)}).")
+                         f"({ms_text(chosen.p50_ms)}, {ratio_text(chosen.p50_ms / ref.p50_ms)}).")
         elif ref is None:
-            lines.append(f"Side by side, {chosen.name} was fastest ({_ms(chosen.p50_ms)}); no "
+            lines.append(f"Side by side, {chosen.name} was fastest ({ms_text(chosen.p50_ms)}); no "
                          "fp32 baseline could be re-measured to compare with.")
         elif chosen is ref:
             lines.append(f"Side by side, no recipe was faster than fp32: {ref.name} "
-                         f"({_ms(ref.p50_ms)}) is chosen" + (
-                             " (" + ", ".join(f"{f.name} {_x(f.p50_ms / ref.p50_ms)}"
+                         f"({ms_text(ref.p50_ms)}) is chosen" + (
+                             " (" + ", ".join(f"{f.name} {ratio_text(f.p50_ms / ref.p50_ms)}"
                                               for f in order if f is not ref) + ")"
                              if len(order) > 1 else "") + ".")
         else:
-            lines.append(f"Side by side, {chosen.name} is {_x(chosen.p50_ms / ref.p50_ms)} "
-                         f"fp32 {ref.name} ({_ms(chosen.p50_ms)} vs {_ms(ref.p50_ms)}): faster "
-                         "than fp32 on this device.")
+            lines.append(f"Side by side, {chosen.name} is "
+                         f"{ratio_text(chosen.p50_ms / ref.p50_ms)} fp32 {ref.name} "
+                         f"({ms_text(chosen.p50_ms)} vs {ms_text(ref.p50_ms)}): faster than fp32 "
+                         "on this device.")
         for f in slower:
             if not f.baseline:
                 lines.append(f"{f.name} was not faster than fp32 side by side "
-                             f"({_x(f.p50_ms / ref.p50_ms)} {ref.name}): passed over.")
+                             f"({ratio_text(f.p50_ms / ref.p50_ms)} {ref.name}): passed over.")
     side.chosen = chosen.name
     if search_pick and search_pick != chosen.name:
         pick_f = side.get(search_pick)
-        was = (f" ({_ms(pick_f.p50_ms)} side by side, {_ms(pick_f.search_p50_ms)} in its "
+        was = (f" ({ms_text(pick_f.p50_ms)} side by side, {ms_text(pick_f.search_p50_ms)} in its "
                "trials)") if pick_f is not None and pick_f.ok else ""
         lines.append(f"The per-trial means would have chosen {search_pick}{was}; the side-by-"
-                     f"side numbers chose {chosen.name} ({_ms(chosen.p50_ms)} side by side, "
-                     f"{_ms(chosen.search_p50_ms)} in its trials).")
+                     f"side numbers chose {chosen.name} ({ms_text(chosen.p50_ms)} side by side, "
+                     f"{ms_text(chosen.search_p50_ms)} in its trials).")
     return side
 
 
@@ -349,4 +352,4 @@ def read(out: Path) -> SideBySide | None:
 
 
 __all__ = ["SideBySide", "Finalist", "pick", "remeasure", "decide", "read", "write",
-           "FINALISTS_FILE", "MAX_FINALISTS", "ROUNDS"]
+           "MAX_FINALISTS", "ROUNDS"]

@@ -1,24 +1,40 @@
 """The settings of an ``optimize`` study: constraints on measured values, everything
 ``study.json`` holds so that ``optimize --resume DIR`` (and a worker on another machine) needs
-nothing else, and the storage its URL names."""
+nothing else, and the storage its URL names.
+
+This module is the one home of the search's file names (``STUDY_FILE``, ``RESULTS_DB``,
+``BEST_RECIPE``, ``REPORT``, ``FINALISTS_FILE``) and of its objectives (``Objective``).
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from converters.options import ConvertOptions
 from edgekit.errors import DeviceError, InputError
-from edgekit.optimizer_space import SearchSpace
+from edgekit.search.space import SearchSpace
 
 STUDY_FILE = "study.json"
 STUDY_SCHEMA = "edgekit.study"
 STUDY_VERSION = 1
-RESULTS_DB = "results.db"
+RESULTS_DB = "results.db"  # the device measurements (``ResultStore``) of a study or an advice
 BEST_RECIPE = "best.recipe.json"
 REPORT = "report.html"
-OBJECTIVES = ("latency", "size")
+FINALISTS_FILE = "finalists.json"  # the finalists' side-by-side re-measurement
+
+
+class Objective(str, Enum):
+    """What the chosen recipe minimises (among those meeting the constraints)."""
+
+    LATENCY = "latency"  # p50 on the device
+    SIZE = "size"  # the artifact's size, by the study's size metric
+
+
+#: ``Objective``'s values, the strings the API and the CLI take.
+OBJECTIVES = tuple(o.value for o in Objective)
 # Optuna minimises these three, in this order ("bytes": the size by the study's size metric).
 VALUES = ("p50_ms", "bytes", "accuracy_drop")
 #: How an artifact's size is measured, for the size objective and ``max_size_bytes``: the file
@@ -84,7 +100,7 @@ class Constraints:
                   f"{self.max_peak_memory_bytes} bytes"]
         kinds = [0] + ([1] if self.max_size_bytes is not None else []) + \
             ([2] if self.max_peak_memory_bytes is not None else [])
-        return [f"{names[k]} over {limits[k]}" for k, x in zip(kinds, v) if x > 0]
+        return [f"{names[k]} over {limits[k]}" for k, x in zip(kinds, v, strict=True) if x > 0]
 
 
 @dataclass
@@ -202,7 +218,7 @@ def open_storage(url: str):
     except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
         raise InputError(f"cannot open study storage {redact_url(url)}: "
                          f"{str(e).splitlines()[0]}") from e
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises its own hierarchy for bad URLs
+    except Exception as e:
         if type(e).__module__.startswith("sqlalchemy"):
             raise InputError(f"cannot open study storage {redact_url(url)}: "
                              f"{str(e).splitlines()[0]}") from e

@@ -18,9 +18,12 @@ import pytest
 
 from calibration_data.digits import digits_path
 from edgekit.cli.main import main
-from edgekit.optimizer import BEST_RECIPE, REPORT, Constraints, SearchSpace, optimize
-from edgekit.optimizer_space import FAULT_ENV
-from edgekit.recipe import Recipe, load_recipe, replay
+from edgekit.recipe import Recipe, load_recipe
+from edgekit.search.build import FAULT_ENV
+from edgekit.search.loop import optimize
+from edgekit.search.settings import BEST_RECIPE, REPORT, Constraints
+from edgekit.search.space import SearchSpace
+from edgekit.training.replay import replay
 
 CALIB, EVAL = digits_path("calibration"), digits_path("eval")
 MAX_SIZE = 15_000  # bytes: the fp32 artifacts (~21 KB) do not fit, the 8-bit ones (~10 KB) do
@@ -68,7 +71,7 @@ def test_chosen_recipe_meets_constraints_on_measured_values(study):
     measured = [c for c in feasible if c.side_by_side_ms is not None]
     assert best.side_by_side_ms == min(c.side_by_side_ms for c in measured)
     assert all(p.feasible for p in study.pareto)
-    from edgekit.optimizer_report import choose
+    from edgekit.search.study import choose
 
     smallest = choose(study.candidates, "size")  # the same trials, objective size
     assert smallest.bytes == min(c.bytes for c in feasible) and smallest.bytes <= MAX_SIZE
@@ -90,7 +93,8 @@ def test_best_recipe_file_and_explanation(study):
 
 
 def test_finalists_remeasured_side_by_side_and_recorded(study):
-    from edgekit.optimizer_finalists import FINALISTS_FILE, MAX_FINALISTS, ROUNDS, read
+    from edgekit.search.finalists import MAX_FINALISTS, ROUNDS, read
+    from edgekit.search.settings import FINALISTS_FILE
 
     side = study.finalists
     assert side is not None and side.rounds == ROUNDS and side.runs == 10
@@ -129,7 +133,7 @@ def test_failing_finalist_is_recorded_not_fatal(study, tmp_path):
     from dataclasses import replace
 
     from edgekit.fsutil import sha256_file
-    from edgekit.optimizer_finalists import remeasure
+    from edgekit.search.finalists import remeasure
 
     garbage = tmp_path / "broken.tflite"
     garbage.write_bytes(b"not a flatbuffer" * 64)
@@ -179,8 +183,8 @@ def test_cli_convert_recipe_in_a_fresh_process(study, digits_cnn, tmp_path):
 
 
 def test_repeated_recipe_is_not_rebuilt(study, digits_cnn):
-    from edgekit.optimizer_space import BuildCache
     from edgekit.fsutil import sha256_tree
+    from edgekit.search.build import BuildCache
 
     cache = BuildCache(study.out / "cache", sha256_tree(digits_cnn.keras), sha256_tree(CALIB))
     folder = cache.path_for(study.recipe)
@@ -266,9 +270,11 @@ def test_resume_after_kill_mid_trial(digits_cnn, tmp_path):
     assert all((n, "COMPLETE", done) in after for n, done in before.items())
     study_doc = json.loads((out / "study.json").read_text())
     assert study_doc["budget"] == 4
-    from edgekit.optimizer import _load_study, counted, read_settings
+    from edgekit.search.loop import load_study
+    from edgekit.search.runner import counted
+    from edgekit.search.settings import read_settings
 
-    s = _load_study(read_settings(out), create=False)
+    s = load_study(read_settings(out), create=False)
     trials = s.get_trials(deepcopy=False)
     assert sum(counted(t) for t in trials) == 4
     interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
@@ -364,7 +370,8 @@ def test_optimize_over_ssh(digits_cnn, tmp_path):
 def test_device_that_disappears_pauses_the_search_and_resume_finishes_it(digits_cnn, tmp_path):
     from conftest_ssh import SSHD, connect_options, ssh_device, start_sshd, user_key, wait_port
 
-    from edgekit.optimizer import DevicePaused, resume
+    from edgekit.search.loop import resume
+    from edgekit.search.settings import DevicePaused
 
     server = start_sshd(user_key(), alias="pausebox")
     stopped = []
@@ -488,7 +495,9 @@ def test_old_recipes_without_runtime_settings_still_read(tmp_path):
 def test_hopeless_finetune_is_pruned_not_failed(digits_cnn, tmp_path):
     import optuna
 
-    from edgekit.optimizer import _load_study, counted, read_settings
+    from edgekit.search.loop import load_study
+    from edgekit.search.runner import counted
+    from edgekit.search.settings import read_settings
 
     # 90% of the channels removed: one epoch leaves it far below the source, so with no margin
     # past the 1-point budget the 2-epoch fine-tune is stopped after its first epoch.
@@ -500,7 +509,7 @@ def test_hopeless_finetune_is_pruned_not_failed(digits_cnn, tmp_path):
     assert probe.state == "pruned" and probe not in s.failed
     assert "stopped after epoch 1" in probe.error and probe.p50_ms is None
     assert "1 fine-tune(s) stopped early" in s.text[1]
-    study = _load_study(read_settings(tmp_path / "opt"), create=False)
+    study = load_study(read_settings(tmp_path / "opt"), create=False)
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE,
                                          optuna.trial.TrialState.PRUNED]
@@ -515,7 +524,7 @@ def test_hopeless_finetune_is_pruned_not_failed(digits_cnn, tmp_path):
     assert ft.user_attrs["main_trial"] == 1
     # Remembered in the cache: the same recipe is pruned again at once, not fine-tuned again.
     from edgekit.fsutil import sha256_tree
-    from edgekit.optimizer_space import BuildCache
+    from edgekit.search.build import BuildCache
 
     cache = BuildCache(tmp_path / "opt" / "cache", sha256_tree(digits_cnn.keras),
                        sha256_tree(CALIB), str(digits_path("train")))
@@ -527,11 +536,11 @@ def test_hopeless_finetune_is_pruned_not_failed(digits_cnn, tmp_path):
 
 def test_recipes_differing_in_one_runtime_setting_are_paired_in_the_advice():
     from converters.options import ConvertOptions
-    from edgekit.advice_text import CpuFacts, setting_lines
-    from edgekit.advisor import AdviceRow
-    from edgekit.optimizer import OPEN_GATE
-    from edgekit.optimizer_report import variant_of
-    from edgekit.optimizer_space import recipe_from_params
+    from edgekit.search.advice_text import CpuFacts, setting_lines
+    from edgekit.search.advisor import AdviceRow
+    from edgekit.search.report import variant_of
+    from edgekit.search.settings import OPEN_GATE
+    from edgekit.search.space import recipe_from_params
 
     gate = Constraints(1.0)
     # The raw tool default is built with the gate open, a sampled recipe with the budget as its
