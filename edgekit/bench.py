@@ -28,42 +28,29 @@ BenchProgress = Callable[[str, str, int, int], None]
 
 
 @dataclass(frozen=True)
-class BenchOptions:
-    """How each artifact is measured, and how many devices run at once.
+class BenchOptions(RunSettings):
+    """How each artifact is measured (the ``RunSettings`` of every agent run: runs, warmup,
+    threads, runtime, timeout, memory_limit_mb, xnnpack, ort_opt_level), with the data it is
+    measured on and how many devices run at once.
 
     Attributes:
-        runs: timed inferences per artifact.
-        warmup: untimed inferences before them.
-        threads: runtime threads.
-        runtime: force a runtime (e.g. ``tflite_runtime``); default: the first found.
         eval: .npz with ``x`` (+ ``y`` labels) or arrays per input name: accuracy, and the
             latency input. Without it inputs are generated from the I/O spec.
         reference: .npz of reference outputs (per output name) for output agreement.
         host_reference: with eval data and no ``reference``, run each artifact on this host
             on the eval data and report the device's agreement with it (catches device-side
             numerical divergence: other runtime versions, delegates, CPU kernels).
-        timeout: seconds one artifact may take on a device before it is killed.
-        memory_limit_mb: cap the measuring process's address space, to see whether a model
-            fits a smaller board (None: no cap).
-        xnnpack: TFLite artifacts run with LiteRT's default XNNPACK delegate (False: its
-            built-in kernels only). ONNX artifacts ignore it.
-        ort_opt_level: ONNX Runtime's graph optimization level (``ORT_OPT_LEVELS``). TFLite
-            artifacts ignore it.
         parallel: devices benchmarked at once.
     """
 
-    runs: int = 100
-    warmup: int = 10
-    threads: int = 1
-    runtime: Optional[str] = None
     eval: Optional[Path] = None
     reference: Optional[Path] = None
     host_reference: bool = True
-    timeout: float = 900.0
-    memory_limit_mb: Optional[int] = None
-    xnnpack: bool = True
-    ort_opt_level: str = "all"
     parallel: int = 4
+
+    def run_settings(self) -> RunSettings:
+        """The part of these options each agent run is asked to do."""
+        return RunSettings(**{f.name: getattr(self, f.name) for f in fields(RunSettings)})
 
     def validate(self) -> "BenchOptions":
         if self.runs < 1 or self.warmup < 0 or self.threads < 1 or self.parallel < 1:
@@ -304,8 +291,13 @@ class _HostReferences:
     def _compute(self, art: BenchArtifact) -> Optional[Path]:
         import numpy as np
 
-        from device_agents.agent import (AgentModelError, NoRuntimeError, RunFailed, load_model,
-                                         run_eval)
+        from device_agents.agent import (
+            AgentModelError,
+            NoRuntimeError,
+            RunFailed,
+            load_model,
+            run_eval,
+        )
 
         try:
             model = load_model(art.path, threads=1)
@@ -318,7 +310,7 @@ class _HostReferences:
             log.warning("no host reference for %s (agreement left out): %s", art.path.name, e)
             return None
         path = self.folder / f"{art.sha256}.npz"
-        _save_npz_deterministic(path, {s["name"]: o for s, o in zip(model.outputs, outs)})
+        _save_npz_deterministic(path, {s["name"]: o for s, o in zip(model.outputs, outs, strict=True)})
         return path
 
 
@@ -383,8 +375,7 @@ def _bench_device(spec: DeviceSpec, arts: list[BenchArtifact], opts: BenchOption
         if opts.eval:
             eval_remote, _ = device.ensure_file(opts.eval, eval_sha, "eval.npz")
         shared_upload = device.upload_bytes  # agent + eval data, charged to the first result
-        run = RunSettings(opts.runs, opts.warmup, opts.threads, opts.runtime, opts.timeout,
-                          opts.memory_limit_mb, opts.xnnpack, opts.ort_opt_level)
+        run = opts.run_settings()
         for art in arts:
             started = _now()
             tell(f"{art.path.name}: uploading")

@@ -28,6 +28,7 @@ from pathlib import Path
 from converters.distill import DistillSpec, FitSpec
 from converters.options import CalibrationMethod, ConvertOptions, OnnxQuantFormat
 from converters.pruning.spec import PruneSpec
+from edgekit._version import __version__
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -375,16 +376,12 @@ class Recipe:
         """Content address of the build: source + calibration + target + options + the
         training steps (prune, student, compress), not threads, which is a runtime setting,
         nor the measurements."""
-        from edgekit import __version__
-
         doc = {"source": source_sha256, "calibration": calibration_sha256,
                "target": self.target, "options": self.convert_options, "edgekit": __version__}
         doc.update({k: getattr(self, k).to_dict() for k in TRAINING_STEPS if getattr(self, k)})
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
-        from edgekit import __version__
-
         doc = {"schema": RECIPE_SCHEMA, "schema_version": RECIPE_VERSION,
                "generated_by": f"edgekit {__version__}", "name": self.name,
                "target": self.target, "convert_options": dict(self.convert_options),

@@ -48,9 +48,23 @@ _VERIFY_AND_RENAME = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSettings:
-    """What one agent run is asked to do (typed; the CLI builds it from its options)."""
+    """What one agent run is asked to do (``edgekit.bench.BenchOptions`` extends it).
+
+    Attributes:
+        runs: timed inferences per artifact.
+        warmup: untimed inferences before them.
+        threads: runtime threads.
+        runtime: force a runtime (e.g. ``tflite_runtime``); default: the first found.
+        timeout: seconds one artifact may take on a device before it is killed.
+        memory_limit_mb: cap the measuring process's address space, to see whether a model
+            fits a smaller board (None: no cap).
+        xnnpack: TFLite artifacts run with LiteRT's default XNNPACK delegate (False: its
+            built-in kernels only). ONNX artifacts ignore it.
+        ort_opt_level: ONNX Runtime's graph optimization level (``ORT_OPT_LEVELS``). TFLite
+            artifacts ignore it.
+    """
 
     runs: int = 100
     warmup: int = 10
@@ -58,9 +72,7 @@ class RunSettings:
     runtime: Optional[str] = None
     timeout: float = 900.0
     memory_limit_mb: Optional[int] = None
-    #: TFLite: apply LiteRT's default XNNPACK delegate (False: its built-in kernels only).
     xnnpack: bool = True
-    #: ONNX Runtime's graph optimization level, one of ``ORT_OPT_LEVELS``.
     ort_opt_level: str = "all"
 
 
@@ -69,7 +81,7 @@ def open_transport(spec: DeviceSpec, options: Optional[ConnectOptions] = None) -
     options = options or ConnectOptions()
     if spec.is_local:
         return LocalTransport(spec.name, options.command_timeout)
-    from edgekit.devices.ssh import SSHTransport  # noqa: PLC0415 - keep paramiko out of local runs
+    from edgekit.devices.ssh import SSHTransport  # keep paramiko out of local runs
 
     return SSHTransport(spec, options)
 
