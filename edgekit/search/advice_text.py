@@ -112,17 +112,6 @@ def ms_text(v: Optional[float]) -> str:
     return "?" if v is None else f"{v:.3g} ms"
 
 
-def device_summary(info: Optional[dict]) -> dict:
-    """The facts of the agent's probe ``info`` that the advice uses, for the JSON documents of
-    ``advise`` and ``optimize`` (the full probe is in results.db)."""
-    cpu = (info or {}).get("cpu") or {}
-    return {"arch": (info or {}).get("arch"), "cpu_model": cpu.get("model"),
-            "cores": cpu.get("cores"), "cpu_features": cpu.get("features"),
-            "runtimes": [f"{r.get('name')} {r.get('version')}"
-                         for r in (info or {}).get("runtimes") or []],
-            "emulation": (info or {}).get("emulation")}
-
-
 def _size(n: Optional[int]) -> str:
     if n is None:
         return "?"

@@ -21,7 +21,6 @@ from converters.registry import get_target, targets_for
 from edgekit.errors import ConversionError, InputError, ModelLoadError
 from edgekit.fidelity.tasks import metric_text
 from edgekit.gate import QUANTIZED
-from edgekit.search.advice_text import device_summary
 from edgekit.search.settings import OBJECTIVES, RESULTS_DB
 
 log = logging.getLogger(__name__)
@@ -395,4 +394,15 @@ def _key(objective: str):
     return lambda r: (r.p50_ms, r.bytes)
 
 
-__all__ = ["advise", "Advice", "AdviceRow", "Candidate", "recipes_for", "OBJECTIVES"]
+def device_summary(info: Optional[dict]) -> dict:
+    """The facts of the agent's probe ``info`` that the advice uses, for the JSON documents of
+    ``advise`` and ``optimize`` (the full probe is in results.db)."""
+    cpu = (info or {}).get("cpu") or {}
+    return {"arch": (info or {}).get("arch"), "cpu_model": cpu.get("model"),
+            "cores": cpu.get("cores"), "cpu_features": cpu.get("features"),
+            "runtimes": [f"{r.get('name')} {r.get('version')}"
+                         for r in (info or {}).get("runtimes") or []],
+            "emulation": (info or {}).get("emulation")}
+
+
+__all__ = ["advise", "Advice", "AdviceRow", "Candidate", "device_summary", "recipes_for"]

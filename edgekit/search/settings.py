@@ -218,7 +218,7 @@ def open_storage(url: str):
     except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
         raise InputError(f"cannot open study storage {redact_url(url)}: "
                          f"{str(e).splitlines()[0]}") from e
-    except Exception as e:
+    except Exception as e:  # SQLAlchemy raises its own hierarchy for bad URLs; others re-raised
         if type(e).__module__.startswith("sqlalchemy"):
             raise InputError(f"cannot open study storage {redact_url(url)}: "
                              f"{str(e).splitlines()[0]}") from e

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgekit.recipe import Recipe
-from edgekit.search.advice_text import device_summary
+from edgekit.search.advisor import device_summary
 from edgekit.search.finalists import SideBySide
 
 log = logging.getLogger(__name__)
