@@ -7,16 +7,28 @@ ORT's pre-processing runs first; the opset is raised to 13 when per-channel QDQ 
 from pathlib import Path
 
 from converters.base import PassResult
-from converters.onnx_common import (MIN_QDQ_OPSET, float_model, ort_version, preprocess,
-                                    source_notes, upgrade_opset, workdir)
+from converters.onnx_common import (
+    MIN_QDQ_OPSET,
+    float_model,
+    ort_version,
+    preprocess,
+    source_notes,
+    upgrade_opset,
+    workdir,
+)
 from converters.options import CalibrationMethod, OnnxQuantFormat
 from converters.repair import equalize as remedies
 from edgekit.errors import ConversionError
 
 
 def convert(source, options, calibration, out_path) -> PassResult:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod as OrtMethod,
-                                          QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -41,14 +53,14 @@ def convert(source, options, calibration, out_path) -> PassResult:
             fmt = (QuantFormat.QOperator if options.onnx_quant_format == OnnxQuantFormat.QOPERATOR
                    else QuantFormat.QDQ)
             quantize_static(str(pre), str(out_path), Reader(), quant_format=fmt,
-                            per_channel=options.per_channel, reduce_range=options.reduce_range,
+                            per_channel=options.per_channel, reduce_range=bool(options.reduce_range),
                             activation_type=(QuantType.QUInt8 if options.unsigned_activations
                                              else QuantType.QInt8),
                             weight_type=QuantType.QInt8,
                             calibrate_method=methods[options.calibration_method], extra_options=extra,
                             nodes_to_exclude=list(options.float_nodes),
                             op_types_to_quantize=list(options.quantize_op_types) or None)
-        except Exception as e:  # noqa: BLE001 - ORT's quantizer raises anything on odd graphs
+        except Exception as e:
             raise ConversionError(f"ONNX Runtime static quantization failed: "
                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     tools["onnxruntime"] = ort_version()

@@ -60,7 +60,9 @@ class ConvertOptions:
         repair: when a quantized artifact misses the gate, try cheaper calibration remedies, then
             keep the most sensitive ops in float until it passes (automatic mixed precision).
         symmetric_activations: onnx-int8 activations quantized symmetrically around zero.
-        reduce_range: onnx-int8 weights use 7 bits. x86 CPUs with AVX2 but no VNNI multiply
+        reduce_range: onnx-int8 weights use 7 bits; ``None`` (as ``unsigned_activations`` and
+            ``onnx_quant_format``): chosen for the CPU the artifact is for
+            (``converters.cpu_layouts``; ``convert --for``), False where nothing chooses. x86 CPUs with AVX2 but no VNNI multiply
             int8 pairs with an instruction that saturates, and ONNX Runtime's fused int8 kernels
             then wreck accuracy (MobileNetV2 here: 2 dB SQNR → 15 dB with reduce_range).
         unsigned_activations: onnx-int8 activations are uint8 (U8S8) instead of int8 (S8S8). On
@@ -69,7 +71,8 @@ class ConvertOptions:
         float_nodes: nodes kept in float by quantizers (ONNX node names; TFLite tensor names as
             the quantization debugger lists them); set by the repair, replayable.
         onnx_quant_format: onnx-int8's operator format (QDQ pairs or QOperator ops); which one
-            ONNX Runtime runs faster depends on the CPU and graph, so ``optimize`` measures it.
+            ONNX Runtime runs faster depends on the CPU and graph, so ``optimize`` measures it;
+            ``None``: chosen for the CPU, QDQ where nothing chooses.
         equalize: onnx-int8 applies cross-layer equalization to the float graph first
             (``converters.repair.equalize``): BatchNorm folded, then Conv → (Relu | nothing) → Conv
             pairs rescaled so each channel's weight range is shared between the two convs. The
@@ -97,10 +100,10 @@ class ConvertOptions:
     min_task_metric: Optional[float] = None
     repair: bool = False
     symmetric_activations: bool = False
-    reduce_range: bool = False
-    unsigned_activations: bool = False
+    reduce_range: Optional[bool] = None
+    unsigned_activations: Optional[bool] = None
     float_nodes: tuple = ()
-    onnx_quant_format: OnnxQuantFormat = OnnxQuantFormat.QDQ
+    onnx_quant_format: Optional[OnnxQuantFormat] = None
     equalize: bool = False
     bias_correction: bool = False
     quantize_op_types: tuple = ()

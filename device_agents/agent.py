@@ -187,7 +187,7 @@ def _op_resolver_without_delegates(runtime):
             OpResolverType = tf.lite.experimental.OpResolverType
     except (ImportError, AttributeError) as e:
         raise AgentModelError("%s %s cannot turn XNNPACK off (no OpResolverType; it needs "
-                              "TFLite >= 2.5): %s" % (runtime, _module_version(runtime), e))
+                              "TFLite >= 2.5): %s" % (runtime, _module_version(runtime), e)) from e
     return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
 
@@ -481,7 +481,7 @@ class _OnnxModel(LoadedModel):
         try:
             self._sess = ort.InferenceSession(path, sess_options=opts,
                                               providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped Fail/InvalidGraph errors
+        except Exception as e:  # ORT raises its own untyped Fail/InvalidGraph errors
             raise AgentModelError("onnxruntime could not load %s: %s" % (path, e)) from e
         ins = [_spec(i.name, [d if isinstance(d, int) and d >= 0 else None for d in i.shape],
                      _ONNX_DTYPES.get(i.type, i.type), None) for i in self._sess.get_inputs()]
@@ -502,7 +502,7 @@ class _OnnxModel(LoadedModel):
                 for s, f in zip(self.inputs, feeds)}
         try:
             return self._sess.run(self._out_names, feed)
-        except Exception as e:  # noqa: BLE001 - ORT's errors are not a stable public hierarchy
+        except Exception as e:  # ORT's errors are not a stable public hierarchy
             raise RunFailed("onnxruntime failed to run %s: %s" % (self.path, e)) from e
 
     def _step_fn(self, feeds):
@@ -716,8 +716,10 @@ _CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", 
                  "asimd", "asimddp", "asimdhp", "fphp", "i8mm", "bf16", "sve", "sve2", "vfpv4")
 
 
-def _cpu_features():
-    """The listed CPU features /proc/cpuinfo reports ("flags" on x86, "Features" on ARM)."""
+def cpu_features():
+    """The listed CPU features /proc/cpuinfo reports ("flags" on x86, "Features" on ARM).
+
+    The host reads its own CPU with this function too (``converters.cpu_layouts``)."""
     found = set()
     for line in (_read("/proc/cpuinfo") or "").splitlines():
         key, _, value = line.partition(":")
@@ -832,7 +834,7 @@ def probe(cache_dir):
         "libc": dict(zip(("name", "version"), platform.libc_ver())),
         "os": {"system": platform.system(), "kernel": platform.release(), "release": _os_release()},
         "cpu": {"model": _cpu_model(), "cores": os.cpu_count(), "frequencies": frequencies(),
-                "features": _cpu_features()},
+                "features": cpu_features()},
         "temperatures_c": temperatures(), "memory": _meminfo(),
         "disk": {"path": cache_dir, "free_bytes": disk.free},
         "python": {"version": platform.python_version(), "executable": sys.executable,
@@ -1097,7 +1099,7 @@ def _fork_measure(args, timeout):
             while data:
                 data = data[os.write(out_w, data):]
             code = 0 if doc.get("ok") else EXIT_ERROR
-        except BaseException:  # noqa: B036 - the child must report and _exit, never unwind
+        except BaseException:  # noqa: B036, BLE001 - the child must report and _exit, never unwind
             import traceback
 
             traceback.print_exc()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
 import signal
 import threading
-import warnings
 import time
-from pathlib import Path
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
@@ -19,14 +20,20 @@ import numpy as np
 from converters.options import DEFAULT_CALIBRATION_SAMPLES, ConvertOptions
 from converters.registry import TargetInfo, check_target_for_source, get_target
 from converters.sources import detect_format, load_source
+from edgekit import verify
 from edgekit.artifact import Artifact, write_manifest
 from edgekit.compression_record import with_compression
-from edgekit.errors import (CalibrationError, ConversionError, EdgekitError, InputError,
-                            ModelLoadError, VerificationError)
+from edgekit.errors import (
+    CalibrationError,
+    ConversionError,
+    EdgekitError,
+    InputError,
+    ModelLoadError,
+    VerificationError,
+)
 from edgekit.fsutil import atomic_output, sha256_file
-from edgekit.spec import Quantization, TensorSpec
-from edgekit import verify
 from edgekit.gate import QUANTIZED, gate_for
+from edgekit.spec import Quantization, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,8 @@ DataArg = Union[str, os.PathLike, "object", None]  # a path, a calibration_data.
 
 def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: DataArg = None,
             eval: DataArg = None, out="build", options: Optional[ConvertOptions] = None,
-            on_event: Optional[Callable[[str, dict], None]] = None) -> list[Artifact]:
+            on_event: Optional[Callable[[str, dict], None]] = None, for_device=None,
+            for_cpu: Optional[str] = None, connect=None) -> list[Artifact]:
     """Convert a model to each target, verify every artifact against the source, write the manifest.
 
     Args:
@@ -47,6 +55,12 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
         out: output folder; artifacts are ``<model>.<target>.<ext>`` plus ``manifest.json``.
         options: conversion options; defaults are ``ConvertOptions()``.
         on_event: called with ``("start"|"done"|"failed", info)`` per target (progress bars).
+        for_device: the device the artifacts are for (``local``, an inventory or ``~/.ssh/config``
+            name, ``user@host[:port]``, or a DeviceSpec): it is probed, and the layout fields
+            left ``None`` in ``options`` (onnx-int8's activation type, 7-bit weights, operator
+            format) are chosen for its CPU (``converters.cpu_layouts``). Default: this machine.
+        for_cpu: instead of a device, a CPU class (``converters.cpu_layouts.CpuClass`` values).
+        connect: SSH options (``ConnectOptions``) for probing ``for_device``.
 
     Returns:
         The artifacts, in target order.
@@ -66,6 +80,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
     fmt = detect_format(source_path)
     for t in infos:
         check_target_for_source(t, "h5" if fmt == "h5" else fmt)
+    cpu = cpu_target(for_device, for_cpu, connect)
     created = _missing_folders(out)
     out = _prepare_out(out)
     try:
@@ -81,7 +96,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
             emit("start", {"target": info.name})
             try:
                 final = out / f"{stem}.{info.name}.{info.format}"
-                art = _run_target(info, prep, options, final)
+                art = _run_target(info, prep, options, final, cpu)
             except (ConversionError, VerificationError) as e:
                 if interrupt.seen:
                     # Ctrl-C inside TensorFlow surfaces as a SystemError that the pass wraps: an
@@ -173,7 +188,7 @@ def _prepare(source_path: Path, infos, calibration, eval, options) -> _Prepared:
             f"(.npz/.npy/.csv or an image folder; e.g. the shipped calibration_data/digits)")
     feeds, labels, origin = _verification_data(src, evalset, calib, holdout)
     names = [t.name for t in src.inputs]
-    reference = verify.run_batched(lambda xs: src.predict(dict(zip(names, xs))), feeds, names,
+    reference = verify.run_batched(lambda xs: src.predict(dict(zip(names, xs, strict=True))), feeds, names,
                                    chunk=_source_chunk(src))
     return _Prepared(src, calib, feeds, labels, reference, origin)
 
@@ -233,6 +248,11 @@ def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
         raise InputError(f"diagnose works on tflite-int8 and onnx-int8, not {target!r}")
     fmt = detect_format(source_path)
     check_target_for_source(info, fmt)
+    if info.name == "onnx-int8":  # the layout convert would choose first on this machine
+        from converters import cpu_layouts
+
+        first = cpu_layouts.layouts_for(options, cpu_layouts.this_machine())[0]
+        options = dataclasses.replace(options, **first.options())
     prep = _prepare(source_path, [info], calibration, eval, options)
     src, calib = prep.src, prep.calib
     with tempfile.TemporaryDirectory(prefix="edgekit-diagnose-") as wd:
@@ -273,8 +293,6 @@ def evaluate_artifact(source, artifact, *, calibration=None, eval=None, task: st
     Raises:
         InputError: bad model or data. VerificationError: the artifact does not load or run.
     """
-    import dataclasses
-
     from converters.registry import TargetInfo
 
     options = dataclasses.replace(options or ConvertOptions(), task=task)
@@ -302,7 +320,73 @@ def _source_chunk(src) -> int:
     return fixed.pop() if len(fixed) == 1 else 64
 
 
-def _run_target(info, prep: _Prepared, options, final: Path) -> Artifact:
+def cpu_target(for_device=None, for_cpu: Optional[str] = None, connect=None):
+    """The CPU a conversion is chosen for (``converters.cpu_layouts.Target``).
+
+    Raises:
+        InputError: both given, or an unknown CPU class.
+        DeviceError: the device cannot be reached or probed.
+    """
+    from converters import cpu_layouts
+
+    if for_device is not None and for_cpu is not None:
+        raise InputError("give --for (a device) or --for-cpu (a CPU class), not both")
+    if for_cpu is not None:
+        try:
+            return cpu_layouts.target_for_class(str(for_cpu))
+        except ValueError:
+            known = ", ".join(c.value for c in cpu_layouts.CpuClass)
+            raise InputError(f"unknown CPU class {for_cpu!r}; expected one of: {known}") from None
+    if for_device is None:
+        return cpu_layouts.this_machine()
+    from edgekit.bench import resolve_devices
+    from edgekit.devices.device import Device
+
+    spec = resolve_devices([for_device])[0]
+    if spec.is_local:
+        return cpu_layouts.this_machine()
+    with Device.open(spec, connect) as dev:
+        doc = dev.probe()
+    return cpu_layouts.target_from_probe(doc, f"device {spec.name}")
+
+
+class _LayoutMissed(Exception):
+    """A CPU-chosen onnx-int8 layout missed the gate and another one is left to try."""
+
+    def __init__(self, cause: str):
+        super().__init__(cause)
+        self.cause = cause
+
+
+def _run_target(info, prep: _Prepared, options, final: Path, cpu=None) -> Artifact:
+    """Build and verify one target; onnx-int8's layout fields left ``None`` are chosen for
+    ``cpu``, falling back to its next layout when one misses the gate (the cause is recorded)."""
+    if info.name != "onnx-int8":
+        return _build_target(info, prep, options, final)
+    from converters import cpu_layouts
+
+    layouts = cpu_layouts.layouts_for(options, cpu)
+    chosen_for_cpu = cpu is not None and bool(cpu_layouts.unset_layout_fields(options))
+    fell_back = []
+    for i, lay in enumerate(layouts):
+        opts = dataclasses.replace(options, **lay.options())
+        try:
+            art = _build_target(info, prep, opts, final,
+                                may_fall_back=chosen_for_cpu and i < len(layouts) - 1)
+        except _LayoutMissed as e:
+            fell_back.append({"layout": lay.label, "cause": e.cause})
+            log.info("%s: %s missed the gate (%s); trying %s", info.name, lay.label, e.cause,
+                     layouts[i + 1].label)
+            continue
+        if chosen_for_cpu:
+            art.pass_config["layout"] = {**cpu.to_dict(), "chosen": lay.label,
+                                         "fastest": layouts[0].label, "why": cpu.choice.why,
+                                         "fell_back": fell_back}
+        return art
+    raise AssertionError("unreachable: the last layout never falls back")
+
+
+def _build_target(info, prep: _Prepared, options, final: Path, may_fall_back=False) -> Artifact:
     src, calib = prep.src, prep.calib
     started = time.perf_counter()
     with atomic_output(final) as tmp:
@@ -316,6 +400,8 @@ def _run_target(info, prep: _Prepared, options, final: Path) -> Artifact:
         fid, loaded_io, runtime = evaluate(tmp)
         gate = _gate(info, fid, options)
         verdict = gate.check(fid)
+        if may_fall_back and verdict.misses:
+            raise _LayoutMissed("; ".join(verdict.misses))
         repaired = False
         if options.repair and info.precision in QUANTIZED and (verdict.misses or verdict.uncertain):
             from converters.repair import repair
@@ -369,7 +455,7 @@ def _evaluate(info, path, prep: _Prepared, options):
 
     try:
         loaded = load_model(str(path))
-    except Exception as e:  # noqa: BLE001 - any load failure means an unusable artifact
+    except Exception as e:
         raise VerificationError(f"the artifact does not load in "
                                 f"{_runtime_name(info.format)}: {e}") from e
     fid = verify.fidelity(loaded, prep.src, prep.feeds, prep.reference, prep.labels,

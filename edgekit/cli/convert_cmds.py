@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import click
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from converters.cpu_layouts import CpuClass
+from converters.options import OnnxQuantFormat
 from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.spec import format_shape
 
@@ -33,11 +36,22 @@ def _split_targets(value):
 @click.option("--per-tensor", is_flag=True,
               help="onnx-int8 and tflite-int8: one weight scale per tensor, not per channel "
                    "(keeps a clustered layer's k values; smaller after gzip).")
-@click.option("--reduce-range", is_flag=True,
-              help="onnx-int8: 7-bit weights (avoids int8 saturation on x86 AVX2 CPUs without VNNI).")
-@click.option("--unsigned-activations", is_flag=True,
-              help="onnx-int8: uint8 activations (U8S8), often faster than int8 (S8S8) on x86 "
-                   "CPUs without VNNI.")
+@click.option("--for", "for_device", metavar="DEVICE", default=None,
+              help="Choose the int8 layouts for this device's CPU (probed: `local`, an "
+                   "inventory or ~/.ssh/config name, user@host[:port]). Default: this machine.")
+@click.option("--for-cpu", type=click.Choice([c.value for c in CpuClass]), default=None,
+              metavar="CLASS",
+              help="Choose the int8 layouts for this CPU class instead of probing a device: "
+                   + ", ".join(c.value for c in CpuClass) + ".")
+@click.option("--reduce-range/--no-reduce-range", default=None,
+              help="onnx-int8: 7-bit weights (avoids int8 saturation on x86 CPUs without VNNI). "
+                   "Default: chosen for the CPU (--for).")
+@click.option("--unsigned-activations/--signed-activations", default=None,
+              help="onnx-int8: uint8 activations (U8S8) or int8 (S8S8). Default: chosen for the "
+                   "CPU (--for).")
+@click.option("--onnx-format", type=click.Choice([f.value for f in OnnxQuantFormat]), default=None,
+              help="onnx-int8: QDQ pairs or ONNX Runtime's QOperator ops. Default: chosen for "
+                   "the CPU (--for).")
 @click.option("--equalize", is_flag=True,
               help="onnx-int8: cross-layer equalization of conv pairs before quantizing (the float "
                    "function is unchanged).")
@@ -75,7 +89,8 @@ def _split_targets(value):
               help="With --recipe: training data for a recipe that prunes and fine-tunes.")
 @json_option
 def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_method, percentile,
-                per_tensor, reduce_range, unsigned_activations, equalize, bias_correction,
+                per_tensor, for_device, for_cpu, reduce_range, unsigned_activations, onnx_format,
+                equalize, bias_correction,
                 opset, input_shapes,
                 calibration_samples, allow_unsafe, max_accuracy_drop, min_agreement, min_sqnr,
                 task, min_task_metric, repair, recipe_file, train, as_json):
@@ -89,7 +104,8 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
     if recipe_file is not None:
         given = {"--to": targets, "--float-io": float_io, "--percentile": percentile,
                  "--per-tensor": per_tensor, "--reduce-range": reduce_range,
-                 "--unsigned-activations": unsigned_activations, "--equalize": equalize,
+                 "--unsigned-activations": unsigned_activations, "--onnx-format": onnx_format,
+                 "--for": for_device, "--for-cpu": for_cpu, "--equalize": equalize,
                  "--bias-correction": bias_correction, "--opset": opset,
                  "--calibration-samples": calibration_samples,
                  "--max-accuracy-drop": max_accuracy_drop, "--min-agreement": min_agreement,
@@ -110,7 +126,8 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
         float_io=float_io, calibration_method=CalibrationMethod(calibration_method),
         percentile=percentile if percentile is not None else defaults.percentile,
         per_channel=not per_tensor, reduce_range=reduce_range,
-        unsigned_activations=unsigned_activations, equalize=equalize,
+        unsigned_activations=unsigned_activations,
+        onnx_quant_format=OnnxQuantFormat(onnx_format) if onnx_format else None, equalize=equalize,
         bias_correction=bias_correction, opset=opset or defaults.opset,
         input_shapes=parse_input_shapes(input_shapes), calibration_samples=calibration_samples,
         allow_unsafe=allow_unsafe, max_accuracy_drop=max_accuracy_drop,
@@ -135,9 +152,10 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
 
         try:
             artifacts = convert(model, names, calibration=calibration, eval=eval_, out=out,
-                                options=options, on_event=on_event)
+                                options=options, on_event=on_event, for_device=for_device,
+                                for_cpu=for_cpu)
             failed = {}
-        except Exception as e:  # noqa: BLE001 - re-raised below unless it carries partial results
+        except Exception as e:
             if not hasattr(e, "artifacts"):
                 raise
             artifacts, failed = e.artifacts, e.failures
@@ -149,8 +167,29 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
         if artifacts:  # all failed: the error line says it all
             print_table(artifact_table(artifacts, failed))
             print_fidelity_notes(artifacts)
+            print_layout_note(artifacts)
     if failed:  # the error line names every failed target and why: one line, not one per target
         raise error
+
+
+def layout_note(artifacts) -> Optional[str]:
+    """One line saying which int8 layout was chosen for which CPU, and why (or None)."""
+    for a in artifacts:
+        lay = (a.pass_config or {}).get("layout")
+        if lay:
+            line = (f"{a.target} layout: {lay['chosen']}, chosen for {lay['cpu_class']} "
+                    f"({lay['for']}): {lay['why']}")
+            if lay.get("fell_back"):
+                line += "; " + "; ".join(f"{f['layout']} missed the gate ({f['cause']})"
+                                         for f in lay["fell_back"])
+            return line
+    return None
+
+
+def print_layout_note(artifacts) -> None:
+    line = layout_note(artifacts)
+    if line:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _replay_recipe(model, recipe_file, calibration, eval_, out, input_shapes, allow_unsafe,

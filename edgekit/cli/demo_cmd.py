@@ -18,7 +18,7 @@ from edgekit.cli.common import console, emit_json, json_option, print_table
 @json_option
 def demo_cmd(out, no_bench, runs, warmup, as_json):
     """Train a small CNN on the shipped digits, convert it to every target, verify, bench on local."""
-    from edgekit.cli.convert_cmds import artifact_table
+    from edgekit.cli.convert_cmds import artifact_table, print_layout_note
     from edgekit.demo import run_demo
 
     with console.status("starting", spinner="dots") as status:
@@ -36,6 +36,7 @@ def demo_cmd(out, no_bench, runs, warmup, as_json):
                    "report": str(summary["report"])})
     else:
         print_table(artifact_table(summary["artifacts"]))
+        print_layout_note(summary["artifacts"])
         if summary["results"] is not None:
             from edgekit.cli.bench_cmds import _print_results
 

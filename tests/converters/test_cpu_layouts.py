@@ -1,0 +1,191 @@
+"""INT8 layouts chosen for the CPU that runs them (``converters.cpu_layouts``, ``convert --for``).
+
+The probe documents below are the agent's ``arch`` + ``cpu.features`` (the agent keeps only the
+features that decide kernels) as real CPUs report them in /proc/cpuinfo.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from converters import cpu_layouts as cl
+from converters.options import ConvertOptions, OnnxQuantFormat
+from device_agents import AGENT_PATH
+
+# arch, features after the agent's filter, the class, fp16 arithmetic
+REAL_CPUS = {
+    "AMD EPYC 7B13 (Zen 3)": ("x86_64", ["sse4_2", "avx", "avx2", "fma", "f16c"],
+                              cl.CpuClass.X86_AVX2, False),
+    "Intel Xeon Platinum 8175M (Skylake-SP)": (
+        "x86_64", ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw"],
+        cl.CpuClass.X86_AVX512, False),
+    "Intel Xeon Platinum 8375C (Ice Lake)": (
+        "x86_64", ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni"],
+        cl.CpuClass.X86_AVX512VNNI, False),
+    "Intel Core i7-12700 (Alder Lake)": (
+        "x86_64", ["sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni"], cl.CpuClass.X86_AVXVNNI,
+        False),
+    "Intel Xeon Platinum 8488C (Sapphire Rapids)": (
+        "x86_64", ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+                   "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16"],
+        cl.CpuClass.X86_AMX, False),
+    "Raspberry Pi 4 (Cortex-A72)": ("aarch64", ["asimd"], cl.CpuClass.ARM64, False),
+    "Raspberry Pi 5 (Cortex-A76)": ("aarch64", ["asimd", "asimddp", "asimdhp", "fphp"],
+                                    cl.CpuClass.ARM64_DOTPROD, True),
+    "Pixel 7 (Tensor G2, Android)": ("aarch64", ["asimd", "asimddp", "asimdhp", "fphp", "i8mm"],
+                                     cl.CpuClass.ARM64_DOTPROD, True),
+    "Raspberry Pi 3, 32-bit OS": ("armv7l", ["neon", "vfpv4"], cl.CpuClass.ARM32, False),
+    # qemu-user passes the host's /proc/cpuinfo through: x86 flags on an aarch64 "machine". Those
+    # flags say nothing about the emulated CPU, so it is plain arm64.
+    "emulated arm64 board (qemu-user on x86)": (
+        "aarch64", ["sse4_2", "avx", "avx2", "fma", "f16c"], cl.CpuClass.ARM64, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CPUS))
+def test_real_cpus_get_their_class_and_layout(name):
+    arch, feats, cls, fp16 = REAL_CPUS[name]
+    doc = {"arch": arch, "cpu": {"model": name, "features": feats}}
+    target = cl.target_from_probe(doc, f"device {name}")
+    assert target.cpu_class is cls
+    assert target.fp16_arithmetic is fp16
+    assert target.choice.tflite_float == ("tflite-fp16" if fp16 else "tflite-fp32")
+    first = cl.layouts_for(ConvertOptions(), target)[0]
+    if arch.startswith("x86"):
+        # ORT's x86 kernels take uint8 activations (VPMADDUBSW / VPDPBUSD).
+        assert first.unsigned_activations
+        # 7-bit weights only where the products saturate (no VNNI).
+        assert first.reduce_range is (cls in (cl.CpuClass.X86_AVX2, cl.CpuClass.X86_AVX512))
+    else:
+        assert not first.unsigned_activations and not first.reduce_range  # S8S8 on ARM
+    assert first.onnx_quant_format is OnnxQuantFormat.QDQ
+    assert target.to_dict()["cpu_class"] == cls.value
+
+
+def test_every_class_has_a_choice_with_distinct_fallbacks():
+    for cls in cl.CpuClass:
+        choice = cl.CHOICES[cls]
+        assert choice.why and len(choice.onnx_int8) >= 2
+        assert len(set(choice.onnx_int8)) == len(choice.onnx_int8), cls
+
+
+def test_options_the_user_set_are_kept():
+    target = cl.target_for_class("x86-avx2")
+    lays = cl.layouts_for(ConvertOptions(unsigned_activations=False), target)
+    assert all(not lay.unsigned_activations for lay in lays)
+    assert lays[0].reduce_range  # still chosen for the CPU
+    fixed = ConvertOptions(unsigned_activations=True, reduce_range=False,
+                           onnx_quant_format=OnnxQuantFormat.QOPERATOR)
+    assert cl.layouts_for(fixed, target) == [cl.OnnxLayout(True, False, OnnxQuantFormat.QOPERATOR)]
+    # nothing to choose for: the options' own layout, None read as off
+    assert cl.layouts_for(ConvertOptions(), None) == [cl.OnnxLayout(False, False)]
+
+
+def test_unknown_cpu_class_is_a_usage_error():
+    from edgekit.api import cpu_target
+    from edgekit.errors import InputError
+
+    with pytest.raises(InputError, match="unknown CPU class 'x86-sse9'.*x86-avx2"):
+        cpu_target(for_cpu="x86-sse9")
+    with pytest.raises(InputError, match="not both"):
+        cpu_target(for_device="local", for_cpu="arm64")
+
+
+def test_this_machine_reads_what_the_agent_reports():
+    out = subprocess.run([sys.executable, str(AGENT_PATH), "probe", "--cache-dir", "/tmp"],
+                         capture_output=True, text=True, check=True).stdout
+    doc = json.loads(out)
+    assert cl.target_from_probe(doc, "x").cpu_class is cl.this_machine().cpu_class
+    from edgekit.api import cpu_target
+
+    assert cpu_target(for_device="local").cpu_class is cl.this_machine().cpu_class
+
+
+def _onnx_inputs_are(path, dtype):
+    import onnx
+
+    m = onnx.load(str(path))
+    zps = [i for i in m.graph.initializer if i.name.endswith("zero_point")]
+    return bool(zps) and all(onnx.helper.tensor_dtype_to_np_dtype(z.data_type) == dtype
+                             for z in zps if z.dims == [] and "quantized" in z.name)
+
+
+def test_convert_for_a_cpu_records_the_layout(digits_cnn, tmp_path):
+    import onnx
+
+    from edgekit.api import convert
+
+    arm = convert(digits_cnn.keras, ["onnx-int8"], calibration=digits_cnn.calibration,
+                  eval=digits_cnn.eval, out=tmp_path / "arm", for_cpu="arm64-dotprod")[0]
+    x86 = convert(digits_cnn.keras, ["onnx-int8"], calibration=digits_cnn.calibration,
+                  eval=digits_cnn.eval, out=tmp_path / "x86", for_cpu="x86-avx2")[0]
+    for art, cls, unsigned, rr in ((arm, "arm64-dotprod", False, False),
+                                   (x86, "x86-avx2", True, True)):
+        lay = art.pass_config["layout"]
+        assert lay["cpu_class"] == cls and lay["for"] == "--for-cpu"
+        assert lay["chosen"] == lay["fastest"] and lay["fell_back"] == []
+        assert art.pass_config["unsigned_activations"] is unsigned
+        assert art.pass_config["reduce_range"] is rr
+        # the file really has that activation type: QuantizeLinear zero points of the activations
+        m = onnx.load(str(art.path))
+        inits = {i.name: i for i in m.graph.initializer}
+        act_zp = [inits[n.input[2]] for n in m.graph.node
+                  if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+        want = onnx.TensorProto.UINT8 if unsigned else onnx.TensorProto.INT8
+        assert act_zp and {z.data_type for z in act_zp} == {want}
+    assert x86.sha256 != arm.sha256
+
+
+def test_a_layout_that_misses_the_gate_falls_back_to_the_next(digits_cnn, tmp_path):
+    """The CPU's fastest layout misses a bar only the next one clears: the artifact is the next
+    layout's, and the manifest says which layout missed and why."""
+    from edgekit.api import convert
+
+    def worst_db(**lay):
+        opts = ConvertOptions(**lay)
+        art = convert(digits_cnn.keras, ["onnx-int8"], calibration=digits_cnn.calibration,
+                      eval=digits_cnn.eval, out=tmp_path / str(len(list(tmp_path.iterdir()))),
+                      options=opts, for_cpu="other")[0]
+        return art.fidelity.sqnr_db
+
+    # a chain whose first layout is measurably worse than a later one (on x86 without VNNI
+    # 8-bit weights saturate: 7-bit ones are ~20 dB better on this model)
+    measured = {}
+    for cls in ("arm64-dotprod", "x86-avx512vnni", "x86-avx2"):
+        chain = cl.CHOICES[cl.CpuClass(cls)].onnx_int8
+        dbs = [measured.setdefault(lay, worst_db(**lay.options())) for lay in chain]
+        if max(dbs[1:]) - dbs[0] > 0.5:
+            break
+    else:
+        pytest.fail(f"no table chain has a first layout worse than a later one: {measured}")
+    bar = float(np.mean([dbs[0], max(dbs[1:])]))
+    k = next(i for i, db in enumerate(dbs) if db >= bar)
+    art = convert(digits_cnn.keras, ["onnx-int8"], calibration=digits_cnn.calibration,
+                  eval=digits_cnn.eval, out=tmp_path / "fallback", for_cpu=cls,
+                  options=ConvertOptions(min_sqnr_db=bar))[0]
+    lay = art.pass_config["layout"]
+    assert lay["fastest"] == chain[0].label and lay["chosen"] == chain[k].label
+    assert [f["layout"] for f in lay["fell_back"]] == [c.label for c in chain[:k]]
+    assert all("dB" in f["cause"] for f in lay["fell_back"])
+    assert art.fidelity.sqnr_db >= bar
+
+
+def test_cli_says_the_layout_once_and_refuses_unknown_classes(capsys, tmp_path, digits_cnn):
+    from edgekit.cli.main import main
+
+    code = main(["convert", str(digits_cnn.onnx), "--to", "onnx-int8,onnx-fp32", "--calibration",
+                 str(digits_cnn.calibration), "--out", str(tmp_path / "b"),
+                 "--for-cpu", "arm64-dotprod"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    said = [ln for ln in (out + err).splitlines() if "layout" in ln]
+    assert said == ["onnx-int8 layout: S8S8 QDQ, chosen for arm64-dotprod (--for-cpu): "
+                    + cl.CHOICES[cl.CpuClass.ARM64_DOTPROD].why]
+    code = main(["convert", str(digits_cnn.onnx), "--to", "onnx-int8", "--calibration",
+                 str(digits_cnn.calibration), "--out", str(tmp_path / "c"), "--for-cpu", "x86-sse9"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "x86-sse9" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
