@@ -50,9 +50,10 @@ def suite(cold: bool) -> None:
 
 
 def latency(runs: int, warmup: int) -> None:
-    from calibration_data.digits import digits_path
     from conftest import ALIAS, TARGETS, board_script, edgekit, edgekit_json, start_board
     from conftest_ssh import user_key
+
+    from calibration_data.digits import digits_path
     from edgekit.demo import DigitsCNN, train_digits_cnn
 
     folder = Path(tempfile.mkdtemp(prefix="edgekit-bench-board-"))

@@ -291,9 +291,8 @@ def run(args) -> dict:
             rows[f"{name} int8 sparse-format"] = {"path": sp8, "technique": name, **info}
         print(f"{name}: trained in {info['seconds']:.0f} s ({info.get('epochs', '?')} epochs, "
               f"lr {info.get('lr', '?')})", flush=True)
-    from device_agents.agent import AgentModelError
-
     from converters.tflite_weights import weight_uniques
+    from device_agents.agent import AgentModelError
 
     for name, row in rows.items():
         if "cluster" in name:  # what the artifact stores, per layer and per channel

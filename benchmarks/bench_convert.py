@@ -32,11 +32,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402 - TF's log level must be set before anything imports TF
+import numpy as np  # TF's log level must be set before anything imports TF
 
-from calibration_data import Dataset  # noqa: E402
-from calibration_data.digits import digits_path, load_split, upsampled_rgb  # noqa: E402
-from converters.options import DEFAULT_CALIBRATION_SAMPLES  # noqa: E402
+from calibration_data import Dataset
+from calibration_data.digits import digits_path, load_split, upsampled_rgb
+from converters.options import DEFAULT_CALIBRATION_SAMPLES
 
 TARGETS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "tflite-int16x8",
            "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-dynamic")
@@ -206,8 +206,14 @@ def _onnx_preprocess(float_model, wd: Path) -> Path:
 
 
 def _onnx_quantize(target, pre_path: Path, path: Path, calib_x, input_name) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     if target == "onnx-dynamic":
         quantize_dynamic(str(pre_path), str(path), weight_type=QuantType.QInt8)
@@ -344,12 +350,12 @@ class VerifyTimer:
                  (KerasSource, "tf_function")]
         originals = [getattr(m, n) for m, n in saved]
         wrappers = [self._wrap(f) for f in originals[:3]] + [self._wrap_tf_function(originals[3])]
-        for (m, n), fn in zip(saved, wrappers):
+        for (m, n), fn in zip(saved, wrappers, strict=True):
             setattr(m, n, fn)
         try:
             yield self
         finally:
-            for (m, n), fn in zip(saved, originals):
+            for (m, n), fn in zip(saved, originals, strict=True):
                 setattr(m, n, fn)
 
 
@@ -491,12 +497,13 @@ def bench_model(cfg: ModelConfig, args, workroot: Path) -> dict:
             raw_dir.mkdir(parents=True, exist_ok=True)
             raw_path = raw_dir / f"{cfg.name}.{target}.{target.split('-')[0]}"
 
-            def run_raw():
+            # Defaults bind this iteration's values (both are called within it anyway).
+            def run_raw(target=target, raw_path=raw_path):
                 with quiet():
                     return timed(lambda: raw_convert(target, model, calib_x, input_name,
                                                      raw_path))[1]
 
-            def run_edgekit():
+            def run_edgekit(target=target, out=out):
                 with quiet():
                     return edgekit_convert(model_path, [target], calib_path, eval_path, out)
 
@@ -525,13 +532,13 @@ def bench_model(cfg: ModelConfig, args, workroot: Path) -> dict:
     for rep in range(args.repeats):
         print(f"  [{rep + 1}/{args.repeats}] all targets in one call", end="", flush=True)
 
-        def run_raw_all():
+        def run_raw_all(rep=rep):
             with quiet():
                 return timed(lambda: raw_convert_all(model, calib_x, input_name,
                                                      workroot / cfg.name / f"raw-all{rep}",
                                                      cfg.name))[1]
 
-        def run_edgekit_all():
+        def run_edgekit_all(rep=rep):
             with quiet():
                 return edgekit_convert(model_path, TARGETS, calib_path, eval_path,
                                        workroot / cfg.name / f"all{rep}")[1:]
@@ -648,7 +655,7 @@ def table(result: dict) -> str:
 
     def fmt(cells):
         return "  ".join(c.ljust(w) if i in (0, len(cells) - 2, len(cells) - 1) else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
     lines += [fmt(HEADER), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
     a = result["all_in_one"]
     lines.append(f"all 9 targets in one convert call: ek {a['edgekit_s_median']:.2f} s, verify "

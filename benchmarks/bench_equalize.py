@@ -40,11 +40,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from calibration_data import Dataset  # noqa: E402
-from converters.options import CONV_MATMUL_OP_TYPES, ConvertOptions  # noqa: E402
-from converters.repair.metrics import sqnr_db  # noqa: E402
+from calibration_data import Dataset
+from converters.options import CONV_MATMUL_OP_TYPES, ConvertOptions
+from converters.repair.metrics import sqnr_db
 
 WHEEL = Path(os.environ.get("EDGEKIT_TEST_MODELS", Path.home() / ".cache/edgekit-test-models")) \
     / "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"

@@ -41,9 +41,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
-import thirdparty_data  # noqa: E402
+import numpy as np
+import thirdparty_data
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -253,7 +252,7 @@ def latencies(rows: list[Row], quick: bool) -> None:
     except Exception as e:  # noqa: BLE001 - a model the latency probe cannot feed keeps "-"
         log.warning("latency not measured: %s", _one_line(e))
         return
-    for r, v in zip(with_files, ms):
+    for r, v in zip(with_files, ms, strict=True):
         r.latency_ms = v
 
 

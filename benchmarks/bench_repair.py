@@ -27,9 +27,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
-from bench_convert import DIGITS_CNN, MOBILENET, data_files, trained_model  # noqa: E402
+import numpy as np
+from bench_convert import DIGITS_CNN, MOBILENET, data_files, trained_model
 
 FORMATS = {"tflite": ("tflite-fp32", "tflite-int8"), "onnx": ("onnx-fp32", "onnx-int8")}
 

@@ -325,7 +325,7 @@ def sentence_inputs(sentences, vocab_path) -> dict:
     import minilm
 
     vocab = minilm.load_vocab(vocab_path)
-    ids, mask = zip(*(minilm.tokenize(s, vocab) for s in sentences))
+    ids, mask = zip(*(minilm.tokenize(s, vocab) for s in sentences), strict=True)
     return {"input_ids": np.concatenate(ids), "attention_mask": np.concatenate(mask)}
 
 

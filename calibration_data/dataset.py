@@ -251,7 +251,7 @@ def sample_indices(total: int, n: int, labels: np.ndarray | None, seed: int) -> 
     for i in order[:short]:
         take[i] += 1
     chosen = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
-              for c, k in zip(classes, take) if k]
+              for c, k in zip(classes, take, strict=True) if k]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 

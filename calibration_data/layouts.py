@@ -126,7 +126,7 @@ def detect_layout(
 
 
 def _fits(got: tuple, want: tuple) -> bool:
-    return len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
+    return len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got, strict=True))
 
 
 def normalize(array: np.ndarray, spec: TensorSpec, layout: Layout) -> tuple[np.ndarray, Layout]:

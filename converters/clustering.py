@@ -242,7 +242,7 @@ def cluster_kernels(model, spec: ClusterSpec) -> tuple[list, list]:
         InputError: nothing can be clustered, or a bad ``spec.layers`` (see ``select_kernels``).
     """
     chosen, skipped = select_kernels(model, spec)
-    for name, why in skipped:
+    for _name, why in skipped:
         warnings.warn(f"{why}; left unclustered", ClusteringWarning, stacklevel=2)
     if not chosen:
         raise InputError(f"model {model.name!r} has no layer that can be clustered with "
@@ -250,7 +250,7 @@ def cluster_kernels(model, spec: ClusterSpec) -> tuple[list, list]:
                          f"embeddings with at least {spec.min_params} weights)")
     rng = np.random.default_rng(spec.seed)
     out = []
-    for name, cls, key, v, ch in chosen:
+    for name, cls, _key, v, ch in chosen:
         w = np.asarray(v.numpy(), dtype=np.float64)
         if "Transpose" in cls and ch > 1:
             cols = np.moveaxis(w, -2, -1).reshape(-1, ch)
@@ -306,13 +306,13 @@ def fine_tune(model, kernels: list, x, y, loop_spec) -> dict:
     others = [v for v in model.trainable_variables if id(v) not in clustered]
 
     def before_step():
-        for kc, c, i, s in zip(kernels, cent_vars, ids, shapes):
+        for kc, c, i, s in zip(kernels, cent_vars, ids, shapes, strict=True):
             kc.variable.assign(tf.reshape(tf.gather(c, i), s))
 
     def transform(grads, variables):
         g_out, v_out = [], []
         cgrads = [None] * len(kernels)
-        for g, v in zip(grads, variables):
+        for g, v in zip(grads, variables, strict=True):
             j = by_var.get(id(v))
             if j is None:
                 g_out.append(g)
@@ -328,7 +328,7 @@ def fine_tune(model, kernels: list, x, y, loop_spec) -> dict:
 
     result = train_loop.train(model, x, y, loop_spec, optimizer_variables=others + cent_vars,
                               before_step=before_step, transform=transform)
-    for kc, c in zip(kernels, cent_vars):
+    for kc, c in zip(kernels, cent_vars, strict=True):
         kc.centroids = np.asarray(c.numpy())
     return result
 

@@ -64,8 +64,10 @@ def _audit(model, fb) -> ArtifactContent:
             for o in _ints(op.OutputsAsNumpy(), op.OutputsIsNone()):
                 producer[o] = op
 
-        def stored(idx, hops=2):
-            """(dtype, params, dequantized) of the constant behind tensor ``idx``, or None."""
+        def stored(idx, hops=2, const=const, dtypes=dtypes, tensors=tensors, producer=producer):
+            """(dtype, params, dequantized) of the constant behind tensor ``idx``, or None.
+
+            The defaults bind this subgraph's tables (B023), though it is only called within."""
             if idx in const:
                 return dtypes[idx], int(np.prod(_shape(tensors[idx]), dtype=np.int64)), False
             op = producer.get(idx)

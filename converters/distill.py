@@ -128,7 +128,7 @@ def check_training_data(model, x: np.ndarray, y: np.ndarray | None, role: str = 
                          f"supports single-input models")
     want = tuple(model.inputs[0].shape[1:])
     x = np.asarray(x)
-    if x.ndim != len(want) + 1 or any(w is not None and w != d for w, d in zip(want, x.shape[1:])):
+    if x.ndim != len(want) + 1 or any(w is not None and w != d for w, d in zip(want, x.shape[1:], strict=True)):
         raise InputError(f"{role} data has samples of shape {list(x.shape[1:])}; model "
                          f"{model.name!r} expects {list(want)}")
     if y is None:
@@ -262,7 +262,7 @@ def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 64,
                 layer.momentum = i / (i + 1)
             model(x[start:start + batch_size], training=True)
     finally:
-        for layer, m in zip(bns, saved):
+        for layer, m in zip(bns, saved, strict=True):
             layer.momentum = m
     return len(bns)
 

@@ -101,7 +101,7 @@ def _run(quantizer, recipe, recipe_name, model_path, name, signatures, calibrati
             result.export_model(str(out_path), overwrite=True)
     except ConversionError:
         raise
-    except Exception as e:  # noqa: BLE001 - the quantizer raises anything on unsupported graphs
+    except Exception as e:  # the quantizer raises anything on unsupported graphs
         raise ConversionError(f"LiteRT quantizer ({recipe_name}) failed on {name}: "
                               f"{_first_line(e)}") from e
 

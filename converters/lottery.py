@@ -18,9 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from converters.distill import check_training_numbers
-from converters.sparsity import (apply_fixed_masks, check_fraction, erk_sparsities,
-                                 fixed_mask_callback, kernel_masks, kernel_sparsity,
-                                 kernels_for, round_sparsity)
+from converters.sparsity import (
+    apply_fixed_masks,
+    check_fraction,
+    erk_sparsities,
+    fixed_mask_callback,
+    kernel_masks,
+    kernel_sparsity,
+    kernels_for,
+    round_sparsity,
+)
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -176,7 +183,7 @@ def random_reinit_control(model, masks: dict, spec: LotterySpec, x: np.ndarray, 
     fresh = keras.models.clone_model(model)  # clone_model re-runs the initialisers
     kernels = kernels_for(fresh, spec)
     src = _kernel_vars(model, spec)  # same layers, same order in the clone
-    fresh_masks = {v.path: masks[s.path] for (_, v), s in zip(kernels, src)}
+    fresh_masks = {v.path: masks[s.path] for (_, v), s in zip(kernels, src, strict=True)}
     apply_fixed_masks(kernels, fresh_masks)
     _fit(fresh, x, y, spec, spec.epochs - spec.rewind_epoch,
          [fixed_mask_callback(kernels, fresh_masks)])

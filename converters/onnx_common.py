@@ -39,7 +39,7 @@ def float_model(source, options):
             model = source.to_onnx(options.opset)
         except ConversionError:
             raise
-        except Exception as e:  # noqa: BLE001 - tf2onnx raises anything from ValueError to KeyError
+        except Exception as e:  # tf2onnx raises anything from ValueError to KeyError
             raise ConversionError(
                 f"tf2onnx failed on {source.path.name} at opset {options.opset}: "
                 f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
@@ -86,7 +86,7 @@ def canonical_names(model) -> None:
             node.output[i] = renum(name)
     kept = [inits[n] for n in order] + [i for n, i in inits.items() if n not in rename]
     copies = [type(i)() for i in kept]
-    for new, old in zip(copies, kept):
+    for new, old in zip(copies, kept, strict=True):
         new.CopyFrom(old)
         new.name = rename.get(old.name, old.name)
     del g.initializer[:]
@@ -118,7 +118,7 @@ def upgrade_opset(model, minimum: int, notes: list):
         return model
     try:
         upgraded = version_converter.convert_version(model, minimum)
-    except Exception as e:  # noqa: BLE001 - the version converter raises RuntimeError/ValueError
+    except Exception as e:  # the version converter raises RuntimeError/ValueError
         raise ConversionError(f"cannot upgrade ONNX opset {current} → {minimum} for quantization: "
                               f"{str(e).splitlines()[0]}") from e
     notes.append(f"opset upgraded {current} -> {minimum} for QDQ per-channel quantization")
@@ -143,7 +143,7 @@ def preprocess(model, workdir: Path, notes: list) -> Path:
             # the current directory when it fails: keep that litter in our work dir.
             with _cwd(workdir):
                 quant_pre_process(str(raw), str(out), skip_symbolic_shape=skip_symbolic)
-        except Exception as e:  # noqa: BLE001 - shape inference raises anything; we fall back
+        except Exception as e:  # shape inference raises anything; we fall back
             log.info("quant_pre_process(skip_symbolic_shape=%s) failed: %s", skip_symbolic, e,
                      exc_info=log.isEnabledFor(logging.DEBUG))
             continue

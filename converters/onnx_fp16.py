@@ -21,7 +21,7 @@ def convert(source, options, calibration, out_path) -> PassResult:
     blocked, float_ops = out_of_range_nodes(model)
     try:
         half = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
-    except Exception as e:  # noqa: BLE001 - the converter raises ValueError/KeyError on odd graphs
+    except Exception as e:  # the converter raises ValueError/KeyError on odd graphs
         raise ConversionError(f"float16 conversion failed: {e}") from e
     save(half, out_path)
     tools["onnxruntime"] = ort_version()

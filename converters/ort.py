@@ -69,7 +69,7 @@ def convert(source, options, calibration, out_path) -> PassResult:
                 convert_onnx_models_to_ort(onnx_path, output_dir=converted,
                                            optimization_styles=[OptimizationStyle.Fixed],
                                            target_platform="arm")
-        except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/RuntimeError types
+        except Exception as e:  # ORT raises its own Fail/RuntimeError types
             raise ConversionError(f"ONNX Runtime could not convert {source.path.name} to ORT "
                                   f"format: {str(e).strip().splitlines()[0][:300]}") from e
         finally:

@@ -129,12 +129,12 @@ def _weight_quantizer(model):
     class _WeightFakeQuant(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             self.masters = [np.asarray(v.numpy()) for v, _ in kernels]
-            self.rounded = [quantize_kernel(m, axis) for m, (_, axis) in zip(self.masters, kernels)]
-            for (v, _), r in zip(kernels, self.rounded):
+            self.rounded = [quantize_kernel(m, axis) for m, (_, axis) in zip(self.masters, kernels, strict=True)]
+            for (v, _), r in zip(kernels, self.rounded, strict=True):
                 v.assign(r)
 
         def on_train_batch_end(self, batch, logs=None):
-            for (v, _), m, r in zip(kernels, self.masters, self.rounded):
+            for (v, _), m, r in zip(kernels, self.masters, self.rounded, strict=True):
                 v.assign(m + (np.asarray(v.numpy()) - r))
 
     return _WeightFakeQuant()

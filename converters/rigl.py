@@ -17,8 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converters.sparsity import (check_fraction, cosine_fraction, erk_sparsities,
-                                 kernel_masks, kernel_sparsity, kernels_for)
+from converters.sparsity import (
+    check_fraction,
+    cosine_fraction,
+    erk_sparsities,
+    kernel_masks,
+    kernel_sparsity,
+    kernels_for,
+)
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -119,7 +125,7 @@ def rigl(model, spec: RigLSpec, x: np.ndarray, y: np.ndarray, loop_spec) -> dict
     index = {id(v): i for i, v in enumerate(variables)}
     pos = [index[id(v)] for _, v in kernels]
     by_var = {id(v): j for j, (_, v) in enumerate(kernels)}
-    for (_, v), m in zip(kernels, masks):
+    for (_, v), m in zip(kernels, masks, strict=True):
         v.assign(v * m)
     end_step = max(1, int(spec.end * loop_spec.steps(len(x))))
     stats = {"updates": 0, "changed": 0, "active": 0}
@@ -128,10 +134,10 @@ def rigl(model, spec: RigLSpec, x: np.ndarray, y: np.ndarray, loop_spec) -> dict
         # Masked weights get no update (their Adam moments stay 0); the dense gradient is kept
         # aside for growing.
         return [g * masks[by_var[id(v)]] if id(v) in by_var else g
-                for g, v in zip(grads, vs)], vs
+                for g, v in zip(grads, vs, strict=True)], vs
 
     def after_step():
-        for (_, v), m in zip(kernels, masks):
+        for (_, v), m in zip(kernels, masks, strict=True):
             v.assign(v * m)
 
     def on_step(step, total, grads):

@@ -25,7 +25,7 @@ def run_converter(source, out_path: Path, configure, notes=None) -> PassResult:
     configure(converter, tf)
     try:
         flatbuffer = converter.convert()
-    except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError, ValueError...
+    except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise ConversionError(f"TFLite converter failed on {source.path.name}: {_summary(e)}") from e
     Path(out_path).write_bytes(flatbuffer)
     loader_notes = source.loader_notes() if hasattr(source, "loader_notes") else []

@@ -88,7 +88,7 @@ def train(model, x: np.ndarray, y: np.ndarray, spec: LoopSpec, *, optimizer_vari
             if model.losses:
                 loss = loss + tf.add_n(model.losses)
         grads = tape.gradient(loss, variables)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)]
         g2, v2 = transform(grads, variables)
         opt.apply(g2, v2)
         if after_step is not None:

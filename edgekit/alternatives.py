@@ -92,7 +92,8 @@ def float_compute_share(path: Path) -> Optional[float]:
     """Share of the artifact's compute left in float, from the file's contents (``None`` when the
     content audit cannot tell)."""
     try:
-        from converters.content import audit_artifact, float_compute_share as share
+        from converters.content import audit_artifact
+        from converters.content import float_compute_share as share
     except ImportError:
         return None
     with contextlib.suppress(Exception):  # the audit is advisory here; the size rule still holds

@@ -111,7 +111,7 @@ def captured_native_output(fds=(2,), path: Optional[str] = None) -> Iterator[Nat
     for name in streams.values():
         with contextlib.suppress(ValueError, OSError, AttributeError):
             getattr(sys, name).flush()
-    file = open(path, "a+b") if path else tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    file = open(path, "a+b") if path else tempfile.TemporaryFile()  # closed below
     saved = {fd: os.dup(fd) for fd in fds}
     swapped = {}
     for fd in fds:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-
 from typing import Optional
 
 import numpy as np
@@ -153,19 +152,19 @@ def fidelity(loaded, source, feeds: dict, reference: list[np.ndarray], labels=No
     Raises:
         VerificationError: the artifact fails to run or its outputs do not line up with the source's.
     """
-    from edgekit.fidelity.tasks import (Task, judge_detection_pair, judge_output, ssd_pairs)
+    from edgekit.fidelity.tasks import Task, judge_detection_pair, judge_output, ssd_pairs
 
     task = Task(task) if not isinstance(task, Task) else task
     names = match_inputs(source.inputs, loaded.inputs)
     try:
         got_all = run_batched(loaded.run_float, feeds, names)
-    except Exception as e:  # noqa: BLE001 - runtimes raise anything; the artifact is then unusable
+    except Exception as e:  # runtimes raise anything; the artifact is then unusable
         raise VerificationError(f"artifact does not run: {str(e).strip().splitlines()[0][:300]}") from e
     order = match_outputs(source.outputs, loaded.outputs)
     if len(got_all) < len(reference):
         raise VerificationError(f"artifact has {len(got_all)} outputs, source has {len(reference)}")
     per_output = []
-    for o, ref, idx in zip(source.outputs, reference, order):
+    for o, ref, idx in zip(source.outputs, reference, order, strict=True):
         got = got_all[idx].reshape(ref.shape) if got_all[idx].size == ref.size else None
         if got is None:
             raise VerificationError(

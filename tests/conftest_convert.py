@@ -67,7 +67,7 @@ def _export_onnx(model, folder: Path, name: str) -> Path:
     def fn(*args):
         y = model(list(args) if len(args) > 1 else args[0], training=False)
         ys = y if isinstance(y, (list, tuple)) else [y]
-        return dict(zip(out_names, ys))
+        return dict(zip(out_names, ys, strict=True))
 
     import onnx
 

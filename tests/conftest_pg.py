@@ -65,7 +65,8 @@ def start_postgres(db: str = "edgekit") -> PgServer:
         try:
             pg = pwd.getpwnam("postgres")
         except KeyError:
-            raise RuntimeError(f"no `postgres` system user to run PostgreSQL as; {INSTALL_HINT}")
+            raise RuntimeError(
+                f"no `postgres` system user to run PostgreSQL as; {INSTALL_HINT}") from None
         os.chown(folder, pg.pw_uid, pg.pw_gid)
         run_as, user = ["runuser", "-u", "postgres", "--"], "postgres"
     port = _free_port()

@@ -14,11 +14,17 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest_ssh import build_digits_models  # noqa: E402 - tests/ may or may not be a package
+from conftest_ssh import build_digits_models  # tests/ may or may not be a package
 
-from device_agents import AGENT_PATH  # noqa: E402
-from device_agents.agent import (  # noqa: E402
-    PROTOCOL_VERSION, AgentModelError, RunFailed, dequantize, load_model, quantize)
+from device_agents import AGENT_PATH
+from device_agents.agent import (
+    PROTOCOL_VERSION,
+    AgentModelError,
+    RunFailed,
+    dequantize,
+    load_model,
+    quantize,
+)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,14 @@ from compression_helpers import fresh_cnn, trained_digits
 
 from converters.lottery import LotterySpec, lottery_ticket, random_reinit_control
 from converters.rigl import RigLSpec, drop_and_grow, rigl
-from converters.sparsity import (SparsitySpec, cosine_fraction, erk_sparsities, file_sizes,
-                                 prunable_kernels, round_sparsity)
+from converters.sparsity import (
+    SparsitySpec,
+    cosine_fraction,
+    erk_sparsities,
+    file_sizes,
+    prunable_kernels,
+    round_sparsity,
+)
 from converters.train_loop import LoopSpec
 from edgekit.errors import InputError
 

@@ -79,7 +79,7 @@ def test_read_manifest_round_trips_every_artifact(digits_build):
     doc = json.loads(path.read_text())
     arts = read_manifest(digits_build.out)
     assert [a.target for a in arts] == list(ALL_TARGETS)
-    for art, entry in zip(arts, doc["artifacts"]):
+    for art, entry in zip(arts, doc["artifacts"], strict=True):
         assert art.path == digits_build.out / entry["path"]
         assert art.to_dict(relative_to=digits_build.out) == entry
         again = Artifact.from_dict(json.loads(json.dumps(art.to_dict())))

@@ -12,12 +12,12 @@ import jsonschema
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest_ssh import build_digits_models  # noqa: E402
+from conftest_ssh import build_digits_models
 
-from edgekit.cli.main import main  # noqa: E402
-from edgekit.devices.device import check_protocol  # noqa: E402
-from edgekit.errors import AgentError, InputError  # noqa: E402
-from edgekit.results import Result, ResultStore, compare  # noqa: E402
+from edgekit.cli.main import main
+from edgekit.devices.device import check_protocol
+from edgekit.errors import AgentError, InputError
+from edgekit.results import Result, ResultStore, compare
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "results-schema.md"
 

@@ -53,7 +53,7 @@ def assert_whole_rows_in_pipe(table, width: int = 80) -> str:
     text = render(table, terminal=False, width=width)
     assert "…" not in text, text
     lines = text.splitlines()
-    rows = list(zip(*cells(table)))
+    rows = list(zip(*cells(table), strict=True))
     for row in rows:  # a row on one line, each cell in full and in order
         plain = [_plain(c) for c in row]
         first = next(c for c in plain if c)
@@ -78,8 +78,8 @@ def targets_table():
 
 def advice_table(monkeypatch):
     """The `edgekit advise` table, captured from ``print_advice`` (rows as a device gives them)."""
-    from edgekit.search.advisor import Advice, AdviceRow
     from edgekit.cli import advise_cmd
+    from edgekit.search.advisor import Advice, AdviceRow
 
     def row(recipe, target, fmt, precision, p50, nbytes, rank=None, **kw):
         return AdviceRow(recipe, target, fmt, precision, baseline="tflite-fp32", bytes=nbytes,

@@ -113,7 +113,7 @@ def taylor_gradients(model, x: np.ndarray, y: np.ndarray | None, batches: int = 
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, model(xb, training=False))
         grads = tape.gradient(loss, model.trainable_weights)
-        for v, g in zip(model.trainable_weights, grads):
+        for v, g in zip(model.trainable_weights, grads, strict=True):
             if g is not None:
                 acc[v.path] += np.asarray(g)
     return acc

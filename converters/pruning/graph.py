@@ -298,7 +298,7 @@ def _read_sequential(model, config):
     nodes = [LayerNode(first["name"], "InputLayer", first, [])]
     shapes = {(first["name"], 0, 0): tuple(first["batch_shape"])}
     prev = first["name"]
-    for spec, layer in zip(layers[1:], model.layers):
+    for spec, layer in zip(layers[1:], model.layers, strict=False):
         name = spec["config"]["name"]
         try:
             shapes[(name, 0, 0)] = tuple(layer.output.shape)
@@ -327,7 +327,7 @@ def _read_functional(model, config):
             c = layer_spec["config"]
             shapes.setdefault((c["name"], 0, 0), tuple(c["batch_shape"]))
     outs = _triples(config["output_layers"])
-    for ref, tensor in zip(outs, model.outputs):
+    for ref, tensor in zip(outs, model.outputs, strict=True):
         shapes.setdefault(tuple(ref), tuple(tensor.shape))
     return nodes, shapes, outs
 
@@ -468,7 +468,7 @@ def _merge(graph, node, ins):
         return _fixed(graph, node, ins, f"layer {node.name!r} ({node.class_name}) merges tensors "
                                         f"whose channel layouts differ")
     for lay in ins[1:]:
-        for a, b in zip(ins[0].vars, lay.vars):
+        for a, b in zip(ins[0].vars, lay.vars, strict=True):
             graph.union(a, b, f"{node.class_name} {node.name!r}")
     node.role = PASS
     return ins[0]

@@ -199,7 +199,7 @@ def host_latency_ms(paths, rounds: int = 5, runs: int = 20) -> list:
     for p in paths:
         m = load_model(str(p), threads=1)
         feeds = [quantize(f, spec) if spec.get("quantization") else f.astype(spec["dtype"])
-                 for f, spec in zip(generate_inputs(m), m.inputs)]
+                 for f, spec in zip(generate_inputs(m), m.inputs, strict=True)]
         step = m.make_step(feeds)
         for _ in range(5):
             step()

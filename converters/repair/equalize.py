@@ -515,16 +515,16 @@ def layer_input_stats(model, stats: dict, batches,
             aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
     try:
         sess = ort.InferenceSession(aug.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph types
         raise ConversionError(f"bias correction: ONNX Runtime cannot load the float model: "
                               f"{str(e).strip().splitlines()[0][:300]}") from e
     names = [o.name for o in sess.get_outputs()]
     sums: dict = {}
     count = 0
-    for feeds, _ in zip(batches, range(max_samples)):
+    for feeds, _ in zip(batches, range(max_samples), strict=False):
         try:
-            values = dict(zip(names, sess.run(None, feeds)))
-        except Exception as e:  # noqa: BLE001 - ORT raises its own types on bad feeds
+            values = dict(zip(names, sess.run(None, feeds), strict=True))
+        except Exception as e:  # ORT raises its own types on bad feeds
             raise ConversionError(f"bias correction: the float model failed on calibration "
                                   f"data: {str(e).strip().splitlines()[0][:300]}") from e
         values.update(feeds)

@@ -20,11 +20,13 @@ def rank_onnx(src, options, calib, naive_path: Path) -> list:
     """Groups ``{"nodes", "label", "score"}``: each activation tensor's producer and consumers."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
-    samples = [b for _, b in zip(range(RANKING_SAMPLES), calib.batches(1))]
+    samples = [b for _, b in zip(range(RANKING_SAMPLES), calib.batches(1), strict=False)]
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -46,7 +46,7 @@ def selective_debugger(source, options, calibration):
         with contextlib.redirect_stdout(io.StringIO()):
             return tf.lite.experimental.QuantizationDebugger(
                 converter=converter, debug_dataset=debug_dataset)
-    except Exception as e:  # noqa: BLE001 - the debugger re-raises converter errors of any type
+    except Exception as e:  # the debugger re-raises converter errors of any type
         raise ConversionError(f"TFLite quantization debugger failed: {str(e).splitlines()[0]}") from e
 
 

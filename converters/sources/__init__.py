@@ -73,7 +73,7 @@ def apply_pins(inputs: list[TensorSpec], pins: dict, path: Path) -> list[TensorS
             continue
         shape = tuple(int(d) for d in pins[t.name])
         if len(shape) != len(t.shape) or any(
-                d is not None and d != p for d, p in zip(t.shape, shape)):
+                d is not None and d != p for d, p in zip(t.shape, shape, strict=True)):
             raise InputError(
                 f"--input-shape {t.name}={','.join(map(str, shape))} does not fit input {t.name!r} "
                 f"of shape {list(t.shape)} (None = dynamic) in {path.name}")

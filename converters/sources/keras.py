@@ -55,14 +55,14 @@ class KerasSource(TFSource):
         if len(names) != len(model.outputs):
             names = [f"output_{i}" for i in range(len(model.outputs))]
         outputs = [TensorSpec(n, tuple(t.shape), np.dtype(t.dtype).name)
-                   for n, t in zip(names, model.outputs)]
+                   for n, t in zip(names, model.outputs, strict=True)]
         return cls(path, sha256_file(path), inputs, outputs, model, fmt)
 
     def _pinned_model(self):
         """The model itself, or a wrapper whose inputs carry the pinned shapes."""
         import keras
 
-        if all(tuple(t.shape) == tuple(s.shape) for t, s in zip(self.model.inputs, self.inputs)):
+        if all(tuple(t.shape) == tuple(s.shape) for t, s in zip(self.model.inputs, self.inputs, strict=True)):
             return self.model
         ins = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=s.name) for s in self.inputs]
         outs = self.model(ins if len(ins) > 1 else ins[0])
@@ -80,7 +80,7 @@ class KerasSource(TFSource):
             def fn(*args):
                 y = model(list(args) if len(args) > 1 else args[0], training=False)
                 ys = list(y.values()) if isinstance(y, dict) else y if isinstance(y, (list, tuple)) else [y]
-                return dict(zip(out_names, ys))
+                return dict(zip(out_names, ys, strict=True))
 
             # tf.function with positional args keeps the TensorSpec names as graph input names.
             self._fn = fn

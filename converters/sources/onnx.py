@@ -65,7 +65,7 @@ class OnnxSource(Source):
             try:
                 self._session = ort.InferenceSession(self.model.SerializeToString(), opts,
                                                      providers=["CPUExecutionProvider"])
-            except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            except Exception as e:  # ORT raises its own Fail/InvalidGraph types
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
                 # Pinned dims are written into the graph, where ORT's shape inference checks
                 # every branch of an If, even one the data never takes (Silero VAD's 8 kHz one).
@@ -115,7 +115,7 @@ def _pin_model(model, inputs: list[TensorSpec]) -> None:
         t = by_name.get(v.name)
         if t is None:
             continue
-        for d, size in zip(v.type.tensor_type.shape.dim, t.shape):
+        for d, size in zip(v.type.tensor_type.shape.dim, t.shape, strict=False):
             if size is not None and not (d.HasField("dim_value") and d.dim_value == size):
                 d.Clear()
                 d.dim_value = size

@@ -60,7 +60,7 @@ class SavedModelSource(TFSource):
             loaded = tf.saved_model.load(str(path))
         except REVIVAL_ERRORS as e:
             return cls._load_v1(path, input_shapes, e)
-        except Exception as e:  # noqa: BLE001 - TF raises many unrelated types for a bad folder
+        except Exception as e:  # TF raises many unrelated types for a bad folder
             raise ModelLoadError(f"cannot load SavedModel {path}: {_first_line(e)}") from e
         sigs = getattr(loaded, "signatures", {})
         if SIGNATURE not in sigs:
@@ -129,7 +129,7 @@ class SavedModelSource(TFSource):
 
             @tf.function(input_signature=self.input_signature())
             def fn(*args):
-                y = sig(**dict(zip(in_names, args)))
+                y = sig(**dict(zip(in_names, args, strict=True)))
                 return {n: y[n] for n in out_names}
 
             self._fn = fn

@@ -57,7 +57,7 @@ class V1SavedModel:
         try:
             with self.graph.as_default(), quiet_tf_deprecations():
                 meta = tf.compat.v1.saved_model.loader.load(self.session, [SERVE_TAG], str(path))
-        except Exception as e:  # noqa: BLE001 - the v1 loader raises RuntimeError, ValueError, OSError...
+        except Exception as e:  # the v1 loader raises RuntimeError, ValueError, OSError...
             self.session.close()
             raise ModelLoadError(f"cannot load SavedModel {path} with TensorFlow's v1 loader "
                                  f"(tag {SERVE_TAG!r}): {_first_line(e)}") from e
@@ -122,7 +122,7 @@ class V1SavedModel:
                 return _v1_converter_class({t.op: t.key for t in self.inputs}).from_saved_model(
                     str(self.path), input_shapes=shapes, tag_set={SERVE_TAG},
                     signature_key=self.signature_key)
-        except Exception as e:  # noqa: BLE001 - the converter raises ValueError, RuntimeError...
+        except Exception as e:  # the converter raises ValueError, RuntimeError...
             raise ConversionError(f"TensorFlow's v1 TFLite converter cannot read {self.path.name}: "
                                   f"{_first_line(e)}") from e
 

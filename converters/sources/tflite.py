@@ -7,7 +7,7 @@ from pathlib import Path
 from converters.base import Source
 from edgekit.errors import ModelLoadError
 from edgekit.fsutil import sha256_file
-from edgekit.spec import TensorSpec, Quantization
+from edgekit.spec import Quantization, TensorSpec
 
 
 class TFLiteSource(Source):

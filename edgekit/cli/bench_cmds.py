@@ -9,9 +9,9 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgekit.bench import BenchOptions, benchmark
-from edgekit.devices.device import ORT_OPT_LEVELS
 from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
+from edgekit.devices.device import ORT_OPT_LEVELS
 from edgekit.errors import EdgekitError
 from edgekit.results import DEFAULT_DB, ResultStore, compare
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
+
+import tomllib
 
 from edgekit.errors import InputError
 
@@ -147,7 +148,7 @@ def default_inventory() -> Optional[Path]:
 
 
 def _ssh_config_lookup(host: str, ssh_config: Optional[Path]) -> dict:
-    import paramiko  # noqa: PLC0415 - SSHConfig is a plain parser; paramiko is a dependency anyway
+    import paramiko  # SSHConfig is a plain parser; paramiko is a dependency anyway
 
     path = Path(ssh_config) if ssh_config else Path.home() / ".ssh" / "config"
     if not path.is_file():

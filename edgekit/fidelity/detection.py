@@ -90,7 +90,7 @@ def decode_ssd(boxes: np.ndarray, scores: np.ndarray) -> list[Detections]:
     """Per-sample detections of a boxes + scores pair (class 0 is kept: callers that have a
     background class see it as one more class the source and artifact must agree on)."""
     res = []
-    for b, s in zip(boxes, scores):
+    for b, s in zip(boxes, scores, strict=True):
         s = s.astype(np.float64).reshape(len(b), -1)
         classes = np.argmax(s, axis=1)
         sc = s[np.arange(len(s)), classes]
@@ -107,7 +107,7 @@ def compare(ref: list[Detections], got: list[Detections]) -> dict:
     classes present in the source's detections)."""
     tp = fp = n_ref = 0
     per_class: dict = {}
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         n_ref += len(r.boxes)
         ious = iou_matrix(g.boxes, r.boxes)
         used = np.zeros(len(r.boxes), dtype=bool)

@@ -24,8 +24,13 @@ import numpy as np
 
 from edgekit.artifact import OutputFidelity
 from edgekit.fidelity import detection as det
-from edgekit.fidelity.metrics import (class_masks, cosine_per_sample, iou_per_sample, sqnr_db,
-                                      topk_agreement)
+from edgekit.fidelity.metrics import (
+    class_masks,
+    cosine_per_sample,
+    iou_per_sample,
+    sqnr_db,
+    topk_agreement,
+)
 from edgekit.fidelity.slices import measure_slices, worst_slice
 from edgekit.fidelity.stats import mean_interval, wilson
 

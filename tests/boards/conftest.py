@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest_ssh import free_port, user_key  # noqa: E402 - tests/ is not a package
+from conftest_ssh import free_port, user_key  # tests/ is not a package
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "make_arm64_board.sh"

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from conftest import (ALIAS, RUN_TIMEOUT, RUNS, TARGETS, TFLRT, WARMUP, edgekit, edgekit_json)
+from conftest import ALIAS, RUN_TIMEOUT, RUNS, TARGETS, TFLRT, WARMUP, edgekit, edgekit_json
 
 pytestmark = pytest.mark.board
 

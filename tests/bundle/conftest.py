@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "report"))
 
-import ship_build as sb  # noqa: E402 - shared with tests/report (memoised per process)
+import ship_build as sb  # shared with tests/report (memoised per process)
 
 
 @pytest.fixture(scope="session")

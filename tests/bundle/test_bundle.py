@@ -75,7 +75,7 @@ def test_edgekit_json_matches_manifest_and_results(android, ship):
     [m] = doc["models"]
     assert m["target"] == "tflite-int8" and m["artifact_sha256"] == art.sha256
     assert m["sha256"] == _sha(android.out / m["file"]) and m["bytes"] > art.bytes
-    for got, spec in zip(m["inputs"] + m["outputs"], art.inputs + art.outputs):
+    for got, spec in zip(m["inputs"] + m["outputs"], art.inputs + art.outputs, strict=True):
         assert got["name"] == spec.name and got["dtype"] == spec.dtype == "int8"
         assert tuple(got["shape"]) == tuple(spec.shape)
         assert got["quantization"]["scale"] == list(spec.quantization.scale)
@@ -174,7 +174,7 @@ def test_bundles_are_reproducible(ship, tmp_path):
     for name in files_a:
         assert (a.out / name).read_bytes() == (b.out / name).read_bytes(), name
     assert [h.name for h in a.helpers] == ["DigitsTfliteInt8Model.kt", "DigitsOrtModel.kt"]
-    for ha, hb in zip(a.helpers, b.helpers):
+    for ha, hb in zip(a.helpers, b.helpers, strict=True):
         assert ha.read_bytes() == hb.read_bytes(), ha.name
     again = _android(ship, a.out, artifacts=("tflite-int8", "ort"))  # over an existing bundle
     assert again.files == a.files

@@ -40,8 +40,8 @@ def test_splits_are_stratified_and_partition_the_digits():
     x_all = np.concatenate([load_split(s)[0] for s in SPLITS])[..., 0] * 16
     y_all = np.concatenate([load_split(s)[1] for s in SPLITS])
     lookup = {img.astype(np.float32).tobytes(): lab
-              for img, lab in zip(full.images, full.target)}
-    assert all(lookup[img.tobytes()] == lab for img, lab in zip(x_all[:50], y_all[:50]))
+              for img, lab in zip(full.images, full.target, strict=True)}
+    assert all(lookup[img.tobytes()] == lab for img, lab in zip(x_all[:50], y_all[:50], strict=True))
 
 
 def test_regenerating_gives_identical_arrays_and_bytes(tmp_path):

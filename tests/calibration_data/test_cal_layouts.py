@@ -211,7 +211,7 @@ def test_run_batched_feeds_full_shape_samples_one_by_one(streaming):
 
     def run(xs):
         calls.append([x.shape for x in xs])
-        return s.run(None, dict(zip(names, xs)))
+        return s.run(None, dict(zip(names, xs, strict=True)))
 
     out, state_n = verify.run_batched(run, data.feeds(), names, chunk=16)
     assert len(calls) == 48 and calls[0] == [(1, FEATURES), (2, 1, HIDDEN), ()]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest_ssh import SshServer, build_digits_models, start_sshd, user_key  # noqa: E402
+from conftest_ssh import SshServer, build_digits_models, start_sshd, user_key
 
 
 @pytest.fixture(scope="session")

@@ -181,7 +181,7 @@ def test_cle_skips_pairs_it_cannot_rescale_exactly():
     report = equalize(swish)
     assert report.pairs == 0 and any("HardSwish" in r for r in report.skipped)
     assert all(np.array_equal(w, numpy_helper.to_array(i))
-               for w, i in zip(weights, swish.graph.initializer))
+               for w, i in zip(weights, swish.graph.initializer, strict=True))
     # A Clip with min 0 and no max is a Relu: equalized, through an Identity too.
     assert len(find_pairs(_unbalanced(between=("ClipMin0", "Identity")))[0]) == 1
 

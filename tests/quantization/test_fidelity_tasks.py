@@ -24,8 +24,7 @@ from edgekit.fidelity.tasks import Task, detect_task, judge_output
 from edgekit.gate import gate_for
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fidelity_models import (constant_head, hardswish_map, near_zero_map,  # noqa: E402
-                             photo_crops, yolo_head)
+from fidelity_models import constant_head, hardswish_map, near_zero_map, photo_crops, yolo_head
 
 
 def _fid(*outs, origin="eval"):

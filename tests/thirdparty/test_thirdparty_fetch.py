@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import minilm  # noqa: E402
-from models import MODELS, FetchError, WheelModel, fetch, fetch_wheel  # noqa: E402
+import minilm
+from models import MODELS, FetchError, WheelModel, fetch, fetch_wheel
 
 pytestmark = [pytest.mark.thirdparty]
 
@@ -76,9 +76,9 @@ def test_blazeface_onnx_matches_the_wheels_tflite(thirdparty_model):
     x = np.random.default_rng(0).uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32)
     sess, _ = _io(path)
     onnx_out = dict(zip(["regressors", "classificators"],
-                        sess.run(["regressors", "classificators"], {"input": x})))
+                        sess.run(["regressors", "classificators"], {"input": x}), strict=True))
     tfl = load_model(str(path.parent / "face_detection_short_range.tflite"), threads=1)
-    tfl_out = dict(zip([o["name"] for o in tfl.outputs], tfl.run_float([x])))
+    tfl_out = dict(zip([o["name"] for o in tfl.outputs], tfl.run_float([x]), strict=True))
     for name, ref in onnx_out.items():
         other = next(v for k, v in tfl_out.items() if name in k)
         np.testing.assert_allclose(ref, other, atol=1e-3 * float(np.abs(other).max()))

@@ -74,7 +74,7 @@ def recording(seed: int = 0, pause_s: float = 0.6, noise: float = 0.003) -> np.n
     rng = np.random.default_rng(seed)
     pause = np.zeros(int(pause_s * RATE), np.float32)
     parts = [pause]
-    for text, voice in zip(SENTENCES, VOICES):
+    for text, voice in zip(SENTENCES, VOICES, strict=True):
         parts += [0.7 * speech(text, voice), pause]
     audio = np.concatenate(parts)
     return (audio + noise * rng.standard_normal(audio.size)).astype(np.float32)

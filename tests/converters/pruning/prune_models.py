@@ -108,7 +108,7 @@ def zero_removed_channels(model, plan) -> None:
                     w[idx] = 0
                     ws[name].assign(w)
             elif m["role"] == "depthwise":
-                for name, v in ws.items():
+                for v in ws.values():
                     w = v.numpy()
                     if w.ndim > 1:
                         w[..., idx, :] = 0

@@ -8,8 +8,10 @@ predictions. The fixture is committed so the tests need no tf-keras (which would
 """
 
 import sys
+
 import numpy as np
 import tf_keras
+
 from calibration_data.digits import load_split
 
 out, ref = sys.argv[1], sys.argv[2]
