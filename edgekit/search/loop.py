@@ -37,6 +37,7 @@ from edgekit.search.settings import (
     STUDY_FILE,
     VALUES,
     Constraints,
+    Objective,
     Settings,
     open_storage,
     read_settings,
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 
 def optimize(model, device="local", *, calibration, eval=None, train=None,
-             constraints: Constraints | None = None, objective: str = "latency",
+             constraints: Constraints | None = None, objective: str | Objective = "latency",
              budget: int = 20, time_budget_s: float | None = None, out="opt",
              storage: str | None = None, workers: int = 1, runs: int = 20,
              space: SearchSpace | None = None, connect=None, inventory=None,
@@ -65,7 +66,7 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
         train: training data (.npz x, y): turns on the pruning dimension (ratios 0, 0.25, 0.5
             unless ``space.prune_ratios`` says otherwise), each pruned model fine-tuned on it.
         constraints: limits on measured values (default: 1 accuracy point).
-        objective: "latency" (p50) or "size": what the chosen recipe minimises.
+        objective: what the chosen recipe minimises (an ``Objective`` or its value).
         budget: trials in all (finished or failed; the seeded baselines count).
         time_budget_s: wall-clock seconds for this run (a resumed run gets a new one).
         out: the study folder (study.json, study.db, cache/, results.db, report, best recipe).
@@ -102,6 +103,7 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
 
     if objective not in OBJECTIVES:
         raise InputError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    objective = Objective(objective).value  # study.json holds the plain string
     if size_metric not in SIZE_METRICS:
         raise InputError(f"size_metric must be one of {', '.join(SIZE_METRICS)}, got "
                          f"{size_metric!r}")
