@@ -49,6 +49,10 @@ def convert(source, options, calibration, out_path) -> PassResult:
         pre = preprocess(model, Path(wd), notes)
         # After ORT's pre-processing, so BatchNorms are already folded into the convs.
         pre = remedies.prepare(pre, options, calibration, Path(wd), notes)
+        exclude = list(options.float_nodes)
+        if options.weight_matmuls_only:
+            exclude += _attention_matmuls(pre, notes)
+            extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
         try:
             fmt = (QuantFormat.QOperator if options.onnx_quant_format == OnnxQuantFormat.QOPERATOR
                    else QuantFormat.QDQ)
@@ -58,10 +62,22 @@ def convert(source, options, calibration, out_path) -> PassResult:
                                              else QuantType.QInt8),
                             weight_type=QuantType.QInt8,
                             calibrate_method=methods[options.calibration_method], extra_options=extra,
-                            nodes_to_exclude=list(options.float_nodes),
+                            nodes_to_exclude=exclude,
                             op_types_to_quantize=list(options.quantize_op_types) or None)
         except Exception as e:
             raise ConversionError(f"ONNX Runtime static quantization failed: "
                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     tools["onnxruntime"] = ort_version()
     return PassResult(tools=tools, notes=notes, method=options.calibration_method.value)
+
+
+def _attention_matmuls(path: Path, notes: list) -> list:
+    """The MatMuls of two activations in the model at ``path`` (kept in float)."""
+    import onnx
+
+    from converters.repair.smooth import activation_matmuls
+
+    names = activation_matmuls(onnx.load(str(path)))
+    if names:
+        notes.append(f"{len(names)} MatMuls of two activations (attention) kept in float")
+    return names

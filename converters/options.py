@@ -83,6 +83,14 @@ class ConvertOptions:
         quantize_op_types: onnx-int8 quantizes only these ONNX op types (ORT's
             ``op_types_to_quantize``); empty = every op ORT can quantize.
             ``CONV_MATMUL_OP_TYPES`` keeps elementwise ops (Add, Mul, Concat, Sigmoid...) in float.
+        smooth_alpha: onnx-int8 moves this share (0..1, SmoothQuant's alpha) of each MatMul/Gemm
+            input channel's range into the constant weights first (``converters.repair.smooth``:
+            a float-exact per-channel rescale); 0 = off.
+        weight_matmuls_only: onnx-int8 quantizes MatMul/Gemm as int8-weight-times-activation
+            units only: MatMuls of two activations (attention's ``Q K^T`` and ``P V``) stay
+            float, and no MatMul/Gemm output is quantized (the norms, activations and residual
+            adds that read them run in float; ORT runs each unit as an int8 kernel with float
+            output).
     """
 
     float_io: bool = False
@@ -107,6 +115,8 @@ class ConvertOptions:
     equalize: bool = False
     bias_correction: bool = False
     quantize_op_types: tuple = ()
+    smooth_alpha: float = 0.0
+    weight_matmuls_only: bool = False
 
     def subset(self, names) -> dict:
         """The named fields as plain JSON values (for the manifest's pass config)."""

@@ -67,7 +67,7 @@ TARGETS: dict[str, TargetInfo] = {t.name: t for t in [
                ("opset", "calibration_method", "percentile", "per_channel", "calibration_samples",
                 "symmetric_activations", "reduce_range", "unsigned_activations",
                 "float_nodes", "onnx_quant_format", "equalize", "bias_correction",
-                "quantize_op_types"),
+                "quantize_op_types", "smooth_alpha", "weight_matmuls_only"),
                "converters.onnx_int8", "ONNX, static int8 QDQ (per-channel weights, ORT pre-processing)"),
     TargetInfo("onnx-dynamic", "onnx", "dynamic-int8", TF_SOURCES | ONNX_SOURCES, False, _TF_ONNX + _ORT,
                ("opset",), "converters.onnx_dynamic", "ONNX, int8 weights, activations quantized at run time"),

@@ -3,8 +3,9 @@
 The ladder, cheapest first:
 1. remedies that keep every op INT8 (ONNX: 7-bit weights, percentile and entropy ranges,
    symmetric activations, per-channel weights, cross-layer equalization, bias correction,
-   Conv/MatMul-only quantization: ``cheaper_remedies``) — about the size and speed of the naive
-   artifact;
+   Conv/MatMul-only quantization; for a MatMul-heavy graph, the transformer remedy instead:
+   MatMul/Gemm/Gather int8 with activation smoothing, ``converters.repair.smooth``:
+   ``cheaper_remedies``) — about the size and speed of the naive artifact;
 2. rank the quantized ops by the damage they do (``rank_groups``), then keep the top-k groups in
    float, growing k by doubling until the gate passes and bisecting back to the smallest k.
 
@@ -25,6 +26,8 @@ from pathlib import Path
 from converters.base import PassResult
 from converters.onnx_common import host_int8_may_saturate
 from converters.options import CONV_MATMUL_OP_TYPES, CalibrationMethod
+from converters.repair.smooth import DEFAULT_ALPHA as SMOOTH_ALPHA
+from converters.repair.smooth import TRANSFORMER_OP_TYPES, matmul_heavy
 from edgekit.errors import ConversionError, VerificationError
 from edgekit.fsutil import temp_path_for
 
@@ -47,9 +50,11 @@ class Attempt:
         return (len(self.misses), -self.margin)
 
 
-def cheaper_remedies(info, options) -> list:
+def cheaper_remedies(info, options, src=None) -> list:
     """Option variants that keep every conv and matmul int8, in the order they are tried
-    (none keeps a named node in float; the last ones leave elementwise ops in float)."""
+    (none keeps a named node in float; the last ones leave elementwise ops in float).
+    ``src`` (the source model) lets the ladder see a MatMul-heavy graph (a transformer): it then
+    gets the transformer remedy in place of the conv-only ones."""
     if info.format != "onnx" or info.precision != "int8":
         return []
     r = dataclasses.replace
@@ -74,17 +79,45 @@ def cheaper_remedies(info, options) -> list:
     # Conv/MatMul-only variants take per-channel weights, the cheap fix for the convs' own ranges.
     base = r(options, reduce_range=options.reduce_range or host_int8_may_saturate())
     convs_only = r(base, per_channel=True, quantize_op_types=CONV_MATMUL_OP_TYPES)
+    if src is not None and _matmul_heavy(src, options):
+        # A transformer: no conv pairs to equalize; its MACs are in MatMuls whose inputs carry
+        # outlier channels (LayerNorm outputs). Smooth them into the per-channel weights, int8
+        # for MatMul/Gemm/Gather only (LayerNorm, Softmax, GELU, attention's two-activation
+        # MatMuls in float: no weight MACs), with and without bias correction.
+        tf = r(base, per_channel=True, quantize_op_types=TRANSFORMER_OP_TYPES,
+               weight_matmuls_only=True)
+        out += [("transformer int8: MatMul/Gemm/Gather (norms, softmax, attention in float)", tf),
+                (f"transformer int8 + activation smoothing (SmoothQuant, alpha {SMOOTH_ALPHA:g})",
+                 r(tf, smooth_alpha=SMOOTH_ALPHA)),
+                (f"transformer int8 + activation smoothing (alpha {SMOOTH_ALPHA:g}) + bias "
+                 "correction", r(tf, smooth_alpha=SMOOTH_ALPHA, bias_correction=True))]
+        return _distinct(out, options)
     out += [("cross-layer equalization", r(base, equalize=True)),
             ("cross-layer equalization + bias correction",
              r(base, equalize=True, bias_correction=True)),
             ("Conv/MatMul/Gemm only in int8 (elementwise ops in float)", convs_only),
             ("Conv/MatMul/Gemm only in int8 + cross-layer equalization + bias correction",
              r(convs_only, equalize=True, bias_correction=True))]
+    return _distinct(out, options)
+
+
+def _distinct(out, options) -> list:
     kept: list = []
     for d, o in out:  # options hold a dict (input_shapes): compared, not hashed
         if o != options and all(o != k for _, k in kept):
             kept.append((d, o))
     return kept
+
+
+def _matmul_heavy(src, options) -> bool:
+    """The source's float ONNX graph holds more MatMul/Gemm weights than conv weights."""
+    from converters.onnx_common import float_model
+
+    try:
+        model, _ = float_model(src, options)
+    except ConversionError:
+        return False
+    return matmul_heavy(model)
 
 
 def repair(info, src, options, calib, out_path: Path, evaluate, gate, naive_fidelity):
@@ -96,7 +129,7 @@ def repair(info, src, options, calib, out_path: Path, evaluate, gate, naive_fide
     """
     attempts: list[Attempt] = []
     try:
-        for description, opts in cheaper_remedies(info, options):
+        for description, opts in cheaper_remedies(info, options, src):
             att = _attempt(info, src, opts, calib, out_path, evaluate, gate, description)
             if att is not None:
                 attempts.append(att)
@@ -252,6 +285,8 @@ def _adopt(att: Attempt, attempts, out_path: Path, naive_fidelity, groups):
         "per_channel": att.options.per_channel, "reduce_range": att.options.reduce_range,
         "equalize": att.options.equalize, "bias_correction": att.options.bias_correction,
         "quantize_op_types": list(att.options.quantize_op_types),
+        "smooth_alpha": att.options.smooth_alpha,
+        "weight_matmuls_only": att.options.weight_matmuls_only,
         "float_nodes": list(att.options.float_nodes)},
         "naive_fidelity": naive_fidelity.to_dict(), "size_vs_naive": size_cost,
         "host_p50_ms": {"naive": naive_ms, "repaired": chosen_ms},

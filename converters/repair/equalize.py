@@ -631,8 +631,8 @@ def prepare(path: Path, options, calibration, workdir: Path, notes: list) -> Pat
 
     Args:
         path: the (pre-processed) float ONNX model ORT will quantize.
-        options: ``ConvertOptions`` (``equalize``, ``bias_correction`` and the weight
-            quantization settings).
+        options: ``ConvertOptions`` (``equalize``, ``smooth_alpha``, ``bias_correction`` and the
+            weight quantization settings).
         calibration: the calibration ``Dataset`` (bias correction's ``E[x]``).
         workdir: where to write the rewritten model.
         notes: what was done is appended here (for the manifest).
@@ -643,7 +643,7 @@ def prepare(path: Path, options, calibration, workdir: Path, notes: list) -> Pat
     Raises:
         ConversionError: the float model cannot be run for bias correction.
     """
-    if not (options.equalize or options.bias_correction):
+    if not (options.equalize or options.bias_correction or options.smooth_alpha):
         return path
     import onnx
 
@@ -656,6 +656,11 @@ def prepare(path: Path, options, calibration, workdir: Path, notes: list) -> Pat
         report = equalize(model, ranges)
         report.folded_batchnorms += folded
         notes.append(report.describe())
+    if options.smooth_alpha:
+        # Before bias correction: that corrects for the int8 rounding of the smoothed weights.
+        from converters.repair.smooth import smooth
+
+        notes.append(smooth(model, calibration.batches(1), options.smooth_alpha).describe())
     if options.bias_correction:
         done = correct_biases(model, calibration.batches(1), per_channel=options.per_channel,
                               reduce_range=options.reduce_range,
