@@ -43,7 +43,7 @@ DataArg = Union[str, os.PathLike, "object", None]  # a path, a calibration_data.
 def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: DataArg = None,
             eval: DataArg = None, out="build", options: Optional[ConvertOptions] = None,
             on_event: Optional[Callable[[str, dict], None]] = None, for_device=None,
-            for_cpu: Optional[str] = None, connect=None) -> list[Artifact]:
+            for_cpu: Optional[str] = None, connect=None, inventory=None) -> list[Artifact]:
     """Convert a model to each target, verify every artifact against the source, write the manifest.
 
     Args:
@@ -61,6 +61,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
             format) are chosen for its CPU (``converters.cpu_layouts``). Default: this machine.
         for_cpu: instead of a device, a CPU class (``converters.cpu_layouts.CpuClass`` values).
         connect: SSH options (``ConnectOptions``) for probing ``for_device``.
+        inventory: a devices.toml to resolve ``for_device`` from.
 
     Returns:
         The artifacts, in target order.
@@ -80,7 +81,7 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
     fmt = detect_format(source_path)
     for t in infos:
         check_target_for_source(t, "h5" if fmt == "h5" else fmt)
-    cpu = cpu_target(for_device, for_cpu, connect)
+    cpu = cpu_target(for_device, for_cpu, connect, inventory)
     created = _missing_folders(out)
     out = _prepare_out(out)
     try:
@@ -320,7 +321,7 @@ def _source_chunk(src) -> int:
     return fixed.pop() if len(fixed) == 1 else 64
 
 
-def cpu_target(for_device=None, for_cpu: Optional[str] = None, connect=None):
+def cpu_target(for_device=None, for_cpu: Optional[str] = None, connect=None, inventory=None):
     """The CPU a conversion is chosen for (``converters.cpu_layouts.Target``).
 
     Raises:
@@ -342,7 +343,8 @@ def cpu_target(for_device=None, for_cpu: Optional[str] = None, connect=None):
     from edgekit.bench import resolve_devices
     from edgekit.devices.device import Device
 
-    spec = resolve_devices([for_device])[0]
+    spec = resolve_devices([for_device], inventory,
+                           connect.ssh_config if connect is not None else None)[0]
     if spec.is_local:
         return cpu_layouts.this_machine()
     with Device.open(spec, connect) as dev:

@@ -12,6 +12,7 @@ from rich.table import Table
 from converters.cpu_layouts import CpuClass
 from converters.options import OnnxQuantFormat
 from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
+from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
 from edgekit.spec import format_shape
 
 
@@ -81,6 +82,7 @@ def _split_targets(value):
 @click.option("--auto-mixed-precision", "repair", is_flag=True,
               help="When a quantized artifact misses the gate, try better calibration, then keep the "
                    "most sensitive ops in float until it passes.")
+@connection_options
 @click.option("--recipe", "recipe_file", type=click.Path(path_type=Path), default=None,
               metavar="FILE",
               help="Build the target with the options of a recipe (opt/best.recipe.json from "
@@ -93,7 +95,8 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
                 equalize, bias_correction,
                 opset, input_shapes,
                 calibration_samples, allow_unsafe, max_accuracy_drop, min_agreement, min_sqnr,
-                task, min_task_metric, repair, recipe_file, train, as_json):
+                task, min_task_metric, repair, inventory, ssh_config, known_hosts, trust_new_host,
+                connect_timeout, recipe_file, train, as_json):
     """Convert MODEL to TFLite/ONNX artifacts, verify each against MODEL, write a manifest."""
     from converters.options import CalibrationMethod, ConvertOptions
     from converters.registry import targets_for
@@ -153,7 +156,9 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
         try:
             artifacts = convert(model, names, calibration=calibration, eval=eval_, out=out,
                                 options=options, on_event=on_event, for_device=for_device,
-                                for_cpu=for_cpu)
+                                for_cpu=for_cpu, inventory=inventory_path(inventory),
+                                connect=make_connect(ssh_config, known_hosts, trust_new_host,
+                                                     connect_timeout))
             failed = {}
         except Exception as e:
             if not hasattr(e, "artifacts"):
