@@ -89,8 +89,8 @@ class ConvertOptions:
         weight_matmuls_only: onnx-int8 quantizes MatMul/Gemm as int8-weight-times-activation
             units only: MatMuls of two activations (attention's ``Q K^T`` and ``P V``) stay
             float, and no MatMul/Gemm output is quantized (the norms, activations and residual
-            adds that read them run in float; ORT runs each unit as an int8 kernel with float
-            output).
+            adds that read them run in float; with uint8 activations ORT runs each unit as
+            its int8 MatMulIntegerToFloat kernel, with int8 ones as a float MatMul).
     """
 
     float_io: bool = False

@@ -54,7 +54,7 @@ def cheaper_remedies(info, options, src=None) -> list:
     """Option variants that keep every conv and matmul int8, in the order they are tried
     (none keeps a named node in float; the last ones leave elementwise ops in float).
     ``src`` (the source model) lets the ladder see a MatMul-heavy graph (a transformer): it then
-    gets the transformer remedy in place of the conv-only ones."""
+    gets the transformer remedy in place of the calibration and conv remedies."""
     if info.format != "onnx" or info.precision != "int8":
         return []
     r = dataclasses.replace
@@ -62,13 +62,6 @@ def cheaper_remedies(info, options, src=None) -> list:
     if not options.reduce_range:
         # First: on AVX2 hosts without VNNI, ORT's int8 kernels saturate; 7-bit weights avoid it.
         out.append(("reduce_range (7-bit weights)", r(options, reduce_range=True)))
-    out += [("percentile calibration (99.99)",
-            r(options, calibration_method=CalibrationMethod.PERCENTILE, percentile=99.99)),
-           ("entropy calibration", r(options, calibration_method=CalibrationMethod.ENTROPY))]
-    if not options.symmetric_activations:
-        out.append(("symmetric activations", r(options, symmetric_activations=True)))
-    if not options.per_channel:
-        out.append(("per-channel weights", r(options, per_channel=True)))
     # Remedies that rewrite the graph or what is quantized, still int8 everywhere, in order of
     # cost: equalization (free at run time, no data), + bias correction (a float run on the
     # calibration data), then Conv/MatMul-only int8 (elementwise ops in float: extra Q/DQ pairs
@@ -78,20 +71,37 @@ def cheaper_remedies(info, options, src=None) -> list:
     # per-tensor/per-channel choice (evening out per-tensor ranges is what it is for); the
     # Conv/MatMul-only variants take per-channel weights, the cheap fix for the convs' own ranges.
     base = r(options, reduce_range=options.reduce_range or host_int8_may_saturate())
-    convs_only = r(base, per_channel=True, quantize_op_types=CONV_MATMUL_OP_TYPES)
     if src is not None and _matmul_heavy(src, options):
-        # A transformer: no conv pairs to equalize; its MACs are in MatMuls whose inputs carry
-        # outlier channels (LayerNorm outputs). Smooth them into the per-channel weights, int8
-        # for MatMul/Gemm/Gather only (LayerNorm, Softmax, GELU, attention's two-activation
-        # MatMuls in float: no weight MACs), with and without bias correction.
+        # A transformer (or an MLP): no conv pairs to equalize, and what breaks its static int8
+        # is structural, not the calibration: per-tensor scales on the MatMul outputs (read by
+        # float bias adds, GELU, residual sums) and on attention's activation-times-activation
+        # MatMuls, and outlier channels in the MatMul inputs (LayerNorm outputs). So its ladder
+        # is the transformer remedy: int8 for MatMul/Gemm (per-channel weights) and Gather
+        # (the embedding table), those outputs and MatMuls in float (no weight MACs), then
+        # activation smoothing into the weights, then bias correction on top.
+        # uint8 activations: ONNX Runtime fuses DequantizeLinear -> MatMul without an output
+        # QuantizeLinear into its int8 MatMulIntegerToFloat kernel only for uint8 activations
+        # (with int8 ones the MatMul runs in float on dequantized weights).
         tf = r(base, per_channel=True, quantize_op_types=TRANSFORMER_OP_TYPES,
-               weight_matmuls_only=True)
-        out += [("transformer int8: MatMul/Gemm/Gather (norms, softmax, attention in float)", tf),
+               weight_matmuls_only=True, unsigned_activations=True)
+        out += [("transformer int8: MatMul/Gemm/Gather weights, their outputs and attention in "
+                 "float", tf),
                 (f"transformer int8 + activation smoothing (SmoothQuant, alpha {SMOOTH_ALPHA:g})",
                  r(tf, smooth_alpha=SMOOTH_ALPHA)),
                 (f"transformer int8 + activation smoothing (alpha {SMOOTH_ALPHA:g}) + bias "
-                 "correction", r(tf, smooth_alpha=SMOOTH_ALPHA, bias_correction=True))]
+                 "correction", r(tf, smooth_alpha=SMOOTH_ALPHA, bias_correction=True)),
+                ("transformer int8 + activation smoothing + percentile calibration (99.99)",
+                 r(tf, smooth_alpha=SMOOTH_ALPHA, calibration_method=CalibrationMethod.PERCENTILE,
+                   percentile=99.99))]
         return _distinct(out, options)
+    out += [("percentile calibration (99.99)",
+            r(options, calibration_method=CalibrationMethod.PERCENTILE, percentile=99.99)),
+           ("entropy calibration", r(options, calibration_method=CalibrationMethod.ENTROPY))]
+    if not options.symmetric_activations:
+        out.append(("symmetric activations", r(options, symmetric_activations=True)))
+    if not options.per_channel:
+        out.append(("per-channel weights", r(options, per_channel=True)))
+    convs_only = r(base, per_channel=True, quantize_op_types=CONV_MATMUL_OP_TYPES)
     out += [("cross-layer equalization", r(base, equalize=True)),
             ("cross-layer equalization + bias correction",
              r(base, equalize=True, bias_correction=True)),

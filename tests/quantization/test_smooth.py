@@ -242,3 +242,30 @@ def test_repair_adopts_the_transformer_remedy_with_nothing_in_float(digits_mlp, 
     assert config["float_nodes"] == [] and config["quantize_op_types"] == list(TRANSFORMER_OP_TYPES)
     assert art.fidelity.main_output.metric["value"] >= 0.97
     assert audit_artifact(art.path).float_compute == 0
+
+
+def test_weight_matmuls_run_as_int8_kernels_attention_in_float(tmp_path):
+    """With uint8 activations ORT fuses each DequantizeLinear -> MatMul unit (no output
+    QuantizeLinear) into its int8 MatMulIntegerToFloat kernel; attention's MatMuls stay float."""
+    from collections import Counter
+
+    path = tmp_path / "attn.onnx"
+    onnx.save(_layernorm_model(), str(path))
+    xs = np.random.default_rng(1).normal(0, 1, (16, 6, 16)).astype(np.float32)
+    opts = ConvertOptions(per_channel=True, reduce_range=True, unsigned_activations=True,
+                          quantize_op_types=TRANSFORMER_OP_TYPES, weight_matmuls_only=True,
+                          smooth_alpha=0.5)
+    out, result = _int8_file(path, xs, tmp_path, opts, "attn-int8")
+    q = onnx.load(str(out))
+    mm = {n.name: n for n in q.graph.node if n.op_type == "MatMul"}
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    assert all(producers.get(mm[k].input[0]) != "DequantizeLinear" for k in ("scores", "pv"))
+    assert not any(producers.get(o) == "MatMul" for n in q.graph.node
+                   if n.op_type == "QuantizeLinear" for o in n.input[:1])  # outputs not quantized
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    assert ops["MatMulIntegerToFloat"] == 3, ops  # q, k and out
+    assert audit_artifact(out).float_compute == 0
+    assert any("attention" in n for n in result.notes)
