@@ -23,6 +23,7 @@ choice; what differs is whether the CPU has fp16 arithmetic (``fphp``/``asimdhp`
 
 from __future__ import annotations
 
+import functools
 import platform
 from dataclasses import dataclass
 from enum import Enum
@@ -156,6 +157,7 @@ class Target:
                 "fp16_arithmetic": self.fp16_arithmetic}
 
 
+@functools.cache
 def local_cpu() -> dict:
     """This machine's CPU in the probe document's shape (the agent's own reader)."""
     from device_agents.agent import cpu_features

@@ -369,12 +369,16 @@ def _run_target(info, prep: _Prepared, options, final: Path, cpu=None) -> Artifa
 
     layouts = cpu_layouts.layouts_for(options, cpu)
     chosen_for_cpu = cpu is not None and bool(cpu_layouts.unset_layout_fields(options))
+    # For another CPU, this machine's fused int8 kernels prove nothing about the device's (x86
+    # without VNNI saturates where ARM's SDOT does not): verify the exact int8 arithmetic.
+    reference = cpu is not None and cpu.cpu_class is not cpu_layouts.this_machine().cpu_class
     fell_back = []
     for i, lay in enumerate(layouts):
         opts = dataclasses.replace(options, **lay.options())
         try:
             art = _build_target(info, prep, opts, final,
-                                may_fall_back=chosen_for_cpu and i < len(layouts) - 1)
+                                may_fall_back=chosen_for_cpu and i < len(layouts) - 1,
+                                reference_int8=reference)
         except _LayoutMissed as e:
             fell_back.append({"layout": lay.label, "cause": e.cause})
             log.info("%s: %s missed the gate (%s); trying %s", info.name, lay.label, e.cause,
@@ -383,12 +387,15 @@ def _run_target(info, prep: _Prepared, options, final: Path, cpu=None) -> Artifa
         if chosen_for_cpu:
             art.pass_config["layout"] = {**cpu.to_dict(), "chosen": lay.label,
                                          "fastest": layouts[0].label, "why": cpu.choice.why,
-                                         "fell_back": fell_back}
+                                         "fell_back": fell_back,
+                                         "verified_with": "reference int8 arithmetic"
+                                         if reference else "this machine's int8 kernels"}
         return art
     raise AssertionError("unreachable: the last layout never falls back")
 
 
-def _build_target(info, prep: _Prepared, options, final: Path, may_fall_back=False) -> Artifact:
+def _build_target(info, prep: _Prepared, options, final: Path, may_fall_back=False,
+                  reference_int8=False) -> Artifact:
     src, calib = prep.src, prep.calib
     started = time.perf_counter()
     with atomic_output(final) as tmp:
@@ -397,7 +404,7 @@ def _build_target(info, prep: _Prepared, options, final: Path, may_fall_back=Fal
         seconds = time.perf_counter() - started
 
         def evaluate(path):
-            return _evaluate(info, path, prep, options)
+            return _evaluate(info, path, prep, options, reference_int8)
 
         fid, loaded_io, runtime = evaluate(tmp)
         gate = _gate(info, fid, options)
@@ -451,12 +458,16 @@ def _build_target(info, prep: _Prepared, options, final: Path, may_fall_back=Fal
         content=content.to_dict() if content else None)
 
 
-def _evaluate(info, path, prep: _Prepared, options):
-    """Load an artifact file and measure its fidelity; returns (fidelity, (inputs, outputs), runtime)."""
+def _evaluate(info, path, prep: _Prepared, options, reference_int8=False):
+    """Load an artifact file and measure its fidelity; returns (fidelity, (inputs, outputs), runtime).
+
+    ``reference_int8``: run ONNX Runtime without graph optimizations, so QDQ pairs compute the
+    int8 arithmetic exactly (dequantize, float op, quantize) instead of this machine's fused
+    int8 kernels, whose saturation another CPU does not share."""
     from device_agents.agent import load_model
 
     try:
-        loaded = load_model(str(path))
+        loaded = load_model(str(path), ort_opt_level="disable" if reference_int8 else "all")
     except Exception as e:
         raise VerificationError(f"the artifact does not load in "
                                 f"{_runtime_name(info.format)}: {e}") from e

@@ -346,9 +346,8 @@ def cluster(model: ModelArg, clusters: int = 16, *, per_channel: bool = False,
         InputError: bad options (clusters < 2, more clusters than a named layer's weights, a
             named layer that cannot be clustered), nothing to cluster, or data that do not fit.
     """
-    from converters.clustering import ClusterSpec
+    from converters.clustering import ClusterSpec, cluster_copy
     from converters.clustering import cluster as run
-    from converters.clustering import cluster_copy
     from converters.train_loop import LoopSpec
 
     spec = ClusterSpec(clusters=clusters, per_channel=per_channel, init=init,

@@ -184,6 +184,9 @@ def layout_note(artifacts) -> Optional[str]:
         if lay:
             line = (f"{a.target} layout: {lay['chosen']}, chosen for {lay['cpu_class']} "
                     f"({lay['for']}): {lay['why']}")
+            if lay.get("verified_with") == "reference int8 arithmetic":
+                line += ("; verified with exact int8 arithmetic (this machine's int8 kernels are "
+                         "not the device's)")
             if lay.get("fell_back"):
                 line += "; " + "; ".join(f"{f['layout']} missed the gate ({f['cause']})"
                                          for f in lay["fell_back"])
