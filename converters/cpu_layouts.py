@@ -61,6 +61,26 @@ class OnnxLayout:
             (" 7-bit weights" if self.reduce_range else "") + \
             (" QOperator" if self.onnx_quant_format == OnnxQuantFormat.QOPERATOR else " QDQ")
 
+    @property
+    def slug(self) -> str:
+        """A name part: ``u8s8-7bit``, ``s8s8``, ``s8s8-qop``."""
+        return ("u8s8" if self.unsigned_activations else "s8s8") + \
+            ("-7bit" if self.reduce_range else "") + \
+            ("-qop" if self.onnx_quant_format == OnnxQuantFormat.QOPERATOR else "")
+
+    def flags(self) -> str:
+        """The ``edgekit convert`` flags that build this layout."""
+        return ("--unsigned-activations" if self.unsigned_activations else
+                "--signed-activations") + \
+            (" --reduce-range" if self.reduce_range else " --no-reduce-range") + \
+            " --onnx-format " + (self.onnx_quant_format or OnnxQuantFormat.QDQ).value
+
+    @classmethod
+    def of(cls, config: dict) -> "OnnxLayout":
+        """The layout a manifest's onnx-int8 pass config records."""
+        return cls(bool(config.get("unsigned_activations")), bool(config.get("reduce_range")),
+                   OnnxQuantFormat(config.get("onnx_quant_format") or "qdq"))
+
     def options(self) -> dict:
         """The ``ConvertOptions`` fields this layout sets."""
         return {"unsigned_activations": self.unsigned_activations,
@@ -80,6 +100,10 @@ class Choice:
         """The TFLite float artifact that runs fastest here."""
         return "tflite-fp16" if self.fp16_arithmetic else "tflite-fp32"
 
+
+# Every layout onnx-int8 can write (what benchmarks and `advise` compare).
+ALL_LAYOUTS = tuple(OnnxLayout(u, rr, fmt) for fmt in OnnxQuantFormat for u in (False, True)
+                    for rr in (False, True))
 
 _U8S8_7BIT = OnnxLayout(unsigned_activations=True, reduce_range=True)
 _U8S8 = OnnxLayout(unsigned_activations=True, reduce_range=False)

@@ -59,7 +59,8 @@ def convert(source, targets: Iterable[Union[str, TargetInfo]], *, calibration: D
             name, ``user@host[:port]``, or a DeviceSpec): it is probed, and the layout fields
             left ``None`` in ``options`` (onnx-int8's activation type, 7-bit weights, operator
             format) are chosen for its CPU (``converters.cpu_layouts``). Default: this machine.
-        for_cpu: instead of a device, a CPU class (``converters.cpu_layouts.CpuClass`` values).
+        for_cpu: instead of a device, a CPU class (``converters.cpu_layouts.CpuClass`` values)
+            or a ``converters.cpu_layouts.Target`` already probed.
         connect: SSH options (``ConnectOptions``) for probing ``for_device``.
         inventory: a devices.toml to resolve ``for_device`` from.
 
@@ -332,6 +333,8 @@ def cpu_target(for_device=None, for_cpu: Optional[str] = None, connect=None, inv
 
     if for_device is not None and for_cpu is not None:
         raise InputError("give --for (a device) or --for-cpu (a CPU class), not both")
+    if isinstance(for_cpu, cpu_layouts.Target):
+        return for_cpu
     if for_cpu is not None:
         try:
             return cpu_layouts.target_for_class(str(for_cpu))

@@ -8,10 +8,11 @@ fact, the cause is our reading of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
+from converters.cpu_layouts import ALL_LAYOUTS, CHOICES, classify
 from edgekit.gate import QUANTIZED
+from edgekit.search.cpu_facts import FEATURE_NAMES, VNNI_FLAGS, CpuFacts
 
 # A ratio this close to 1 is "the same speed": run-to-run noise on a board is a few percent.
 SAME = 0.10
@@ -22,62 +23,9 @@ TINY_MS = 0.2
 # A baseline whose first and last p50 differ by more than this has drifted.
 DRIFT = 0.25
 _RUNTIME = {"tflite": "LiteRT", "onnx": "ONNX Runtime", "ort": "ONNX Runtime"}
-_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
-_FEATURE_NAMES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI",
-                  "avx_vnni": "AVX-VNNI", "amx_int8": "AMX-INT8", "asimddp": "NEON dot product "
-                  "(asimddp)", "i8mm": "int8 matmul (i8mm)", "fphp": "fp16 arithmetic (fphp)",
-                  "asimdhp": "fp16 SIMD (asimdhp)", "f16c": "F16C (fp16 conversion only)"}
 
 
-@dataclass(frozen=True)
-class CpuFacts:
-    """What the probe says about the device CPU, as the advice needs it."""
 
-    arch: str
-    model: str
-    features: Optional[frozenset]  # None: the agent did not report features
-
-    @classmethod
-    def from_probe(cls, info: Optional[dict]) -> "CpuFacts":
-        info = info or {}
-        cpu = info.get("cpu") or {}
-        feats = cpu.get("features")
-        return cls(str(info.get("arch") or "?"), str(cpu.get("model") or "unknown CPU"),
-                   None if feats is None else frozenset(feats))
-
-    @property
-    def x86(self) -> bool:
-        return self.arch.lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-
-    @property
-    def arm(self) -> bool:
-        return self.arch.lower().startswith(("aarch64", "arm"))
-
-    def has(self, *names) -> bool:
-        return bool(self.features and set(names) & self.features)
-
-    @property
-    def vnni(self) -> bool:
-        return self.has(*_VNNI)
-
-    @property
-    def fp16_math(self) -> bool:
-        return self.has("fphp", "asimdhp")
-
-    def describe(self) -> str:
-        """e.g. "x86_64, Intel Xeon ..., AVX2, no AVX512-VNNI/AVX-VNNI"."""
-        head = f"{self.arch}, {self.model}"
-        if self.features is None:
-            return head + ", CPU features not reported (update the agent: `edgekit devices setup`)"
-        have = [_FEATURE_NAMES[f] for f in _FEATURE_NAMES if f in self.features]
-        if self.x86:
-            missing = [] if self.vnni else ["no AVX512-VNNI/AVX-VNNI"]
-        elif self.arm:
-            missing = ([] if self.has("asimddp") else ["no NEON dot product"]) + \
-                      ([] if self.fp16_math else ["no fp16 arithmetic"])
-        else:
-            missing = []
-        return ", ".join([head] + have + missing)
 
 
 def advice_lines(rows, best, info, *, objective: str, max_accuracy_drop: float, device: str,
@@ -205,15 +153,9 @@ def _explanations(rows, cpu: CpuFacts, by) -> list[str]:
         names = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         verb = "were" if len(group) > 1 else "was"
         out.append(f"{names} {verb} slower than {baseline} here" + (f": {why}" if why else "."))
-    signed, unsigned = by.get("onnx-int8"), by.get("onnx-int8-u8s8")
-    if signed and unsigned and signed.latency_ratio and unsigned.latency_ratio:
-        better = "faster" if unsigned.p50_ms < signed.p50_ms * (1 - SAME) else (
-            "slower" if unsigned.p50_ms > signed.p50_ms * (1 + SAME) else "no different")
-        out.append(f"Activation signedness: onnx-int8 (S8S8, the default) ran at "
-                   f"{signed.latency_ratio:.2f}x onnx-fp32, onnx-int8-u8s8 (U8S8) at "
-                   f"{unsigned.latency_ratio:.2f}x: unsigned activations were {better} here"
-                   + (" (`edgekit convert --to onnx-int8 --unsigned-activations`)."
-                      if better == "faster" else "."))
+    lays = [r for r in rows if r.target == "onnx-int8" and r.ran and r.layout and r.p50_ms]
+    if len(lays) > 1:
+        out.append(layout_line(lays, cpu))
     fp16 = [r for r in rows if r.precision == "fp16" and r.format == "tflite" and r.ran]
     if fp16 and not any(r in g for g in slower.values() for r in fp16):
         out.append("tflite-fp16 halves the weights only: LiteRT's CPU kernels dequantize fp16 "
@@ -228,6 +170,21 @@ def _explanations(rows, cpu: CpuFacts, by) -> list[str]:
                    "small, per-op overhead (Quantize/Dequantize, casts, kernel dispatch) weighs "
                    "more than arithmetic, so the ratios may not carry over to a larger model.")
     return out
+
+
+def layout_line(lays, cpu: CpuFacts) -> str:
+    """The onnx-int8 layouts measured, against what the layout table chose for this CPU."""
+    cls = classify({"arch": cpu.arch, "features": cpu.features or ()})
+    ranked = sorted(lays, key=lambda r: r.p50_ms)
+    default = next((r for r in lays if r.recipe == "onnx-int8"), ranked[0])
+    text = ("onnx-int8 layouts (p50 vs fp32): " + ", ".join(
+        f"{r.layout} {ratio_text(r.latency_ratio)}" for r in ranked) + f". The default for "
+        f"{cls.value} is {default.layout}: {CHOICES[cls].why}")
+    best = ranked[0]
+    if best is not default and best.p50_ms < default.p50_ms * (1 - SAME):
+        flags = next(x.flags() for x in ALL_LAYOUTS if x.label == best.layout)
+        text += f"; {best.layout} was faster here (`edgekit convert --to onnx-int8 {flags}`)"
+    return text + "."
 
 
 def _why_slower(r, cpu: CpuFacts) -> str:
@@ -247,7 +204,7 @@ def _why_slower(r, cpu: CpuFacts) -> str:
                     "to 16 bits, so int8 kernels gain little and the Quantize/Dequantize steps "
                     "cost more.")
         return ("the CPU has int8 dot products (" + ", ".join(
-            _FEATURE_NAMES[f] for f in (*_VNNI, "asimddp") if cpu.has(f))
+            FEATURE_NAMES[f] for f in (*VNNI_FLAGS, "asimddp") if cpu.has(f))
                 + "), so the loss is likely the Quantize/DequantizeLinear pairs and ops ONNX "
                   "Runtime has no int8 kernel for (they run in float between conversions).")
     if r.precision == "int8":

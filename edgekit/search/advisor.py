@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from converters import cpu_layouts
 from converters.options import ConvertOptions
 from converters.registry import get_target, targets_for
 from edgekit.errors import ConversionError, InputError, ModelLoadError
@@ -30,7 +31,6 @@ ADVICE_VERSION = 1
 _GATE_MISS = "missed the fidelity gate"
 # The fp32 artifact each format is compared with: .ort runs in ONNX Runtime, like onnx-fp32.
 _BASELINE_OF_FORMAT = {"tflite": "tflite-fp32", "onnx": "onnx-fp32", "ort": "onnx-fp32"}
-_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 @dataclass(frozen=True)
@@ -53,22 +53,23 @@ class Candidate:
         return replace(base, **dict(self.overrides))
 
 
-def recipes_for(source_format: str, arch: Optional[str] = None) -> list[Candidate]:
-    """Every registered target the source format supports, plus the onnx-int8 variants worth
-    measuring on x86 (``arch`` None: include them).
-
-    ONNX Runtime's x86 int8 kernels without VNNI multiply with an instruction that saturates:
-    7-bit weights (``reduce_range``) avoid that; uint8 activations (U8S8) take other kernels,
-    often faster there than the default S8S8.
+def recipes_for(source_format: str, cpu=None) -> list[Candidate]:
+    """Every registered target the source format supports; ``onnx-int8`` is edgekit's default
+    for ``cpu`` (a ``converters.cpu_layouts.Target``: the layout its table puts first), and the
+    table's other layouts for that CPU are variants worth measuring (``cpu`` None: every QDQ
+    layout is a variant).
     """
     out = [Candidate(t.name, t.name) for t in targets_for(source_format)]
-    x86 = arch is None or arch.lower() in _X86
-    if x86 and any(r.target == "onnx-int8" for r in out):
-        out.append(Candidate("onnx-int8-reduce-range", "onnx-int8", (("reduce_range", True),),
-                          "7-bit weights: no int8 saturation on x86 CPUs without VNNI"))
-        out.append(Candidate("onnx-int8-u8s8", "onnx-int8", (("unsigned_activations", True),),
-                          "uint8 activations: ONNX Runtime's U8S8 kernels, often faster than "
-                          "S8S8 on x86 CPUs without VNNI"))
+    if any(r.target == "onnx-int8" for r in out):
+        if cpu is not None:
+            variants = cpu_layouts.layouts_for(ConvertOptions(), cpu)[1:]
+        else:
+            variants = [cpu_layouts.OnnxLayout(u, rr) for u in (False, True)
+                        for rr in (False, True)]
+        for lay in variants:
+            out.append(Candidate(f"onnx-int8-{lay.slug}", "onnx-int8",
+                                 tuple(lay.options().items()),
+                                 f"{lay.label}: the layout table's next choice"))
     return out
 
 
@@ -100,6 +101,7 @@ class AdviceRow:
         variant: what the recipe is as plain values (target, build options, threads, and the
             runtime/format settings ``advice_text.SETTINGS``); rows whose variants differ in one
             setting only get a line naming its measured effect. None: not compared.
+        layout: an onnx-int8 row's layout (``converters.cpu_layouts.OnnxLayout.label``).
         trial_p50_ms: set when ``p50_ms`` (and ``latency_ratio``) come from a side-by-side
             re-measurement (``optimize``'s finalists): the p50 of its trials, which comparisons
             with rows not re-measured use.
@@ -135,6 +137,7 @@ class AdviceRow:
     note: str = ""
     variant: Optional[dict] = None
     trial_p50_ms: Optional[float] = None
+    layout: Optional[str] = None
 
     @property
     def ran(self) -> bool:
@@ -240,7 +243,8 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
     tell(f"probing {spec.name}")
     with Device.open(spec, connect) as dev:
         info = dev.probe()
-    chosen = _choose(recipes_for("h5" if fmt == "h5" else fmt, info.get("arch")), recipes)
+    cpu = cpu_layouts.target_from_probe(info, f"device {spec.name}")
+    chosen = _choose(recipes_for("h5" if fmt == "h5" else fmt, cpu), recipes)
     stem = source.stem if source.is_file() else source.name
     out = Path(out) if out is not None else Path(f"advise-{stem}")
     base = options or ConvertOptions()
@@ -260,7 +264,7 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
         tell(f"building {r.name}")
         try:
             art = convert(source, [r.target], calibration=calibration, eval=eval,
-                          out=out / r.name, options=opts)[0]
+                          out=out / r.name, options=opts, for_cpu=cpu)[0]
         except ConversionError as e:
             msg = next(iter((getattr(e, "failures", None) or {}).values()), str(e))
             if _GATE_MISS in msg:
@@ -273,6 +277,8 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
         if labelled is None and fid is not None:
             labelled = fid.accuracy is not None
         row.gate_passed, row.bytes, row.artifact = True, art.bytes, str(art.path)
+        if r.target == "onnx-int8":
+            row.layout = cpu_layouts.OnnxLayout.of(art.pass_config).label
         if fid is not None:
             row.sqnr_db, row.accuracy, row.source_accuracy = fid.sqnr_db, fid.accuracy, \
                 fid.source_accuracy
