@@ -126,11 +126,11 @@ def test_compression_record_is_versioned_and_tied_to_the_model_bytes(tmp_path, c
     model.write_bytes(b"other bytes")  # overwritten later: the record no longer applies
     assert read_record(model, sha256_file(model)) is None
     doc = json.loads(side.read_text())
-    side.write_text(json.dumps({**doc, "_version": 99}))
+    side.write_text(json.dumps({**doc, "schema_version": 99}))
     with pytest.raises(InputError, match="version 99"):
         read_record(model)
-    side.write_text(json.dumps({**doc, "_type": "something.else"}))
-    with pytest.raises(InputError, match="expected a edgekit.CompressionRecord"):
+    side.write_text(json.dumps({**doc, "schema": "something.else"}))
+    with pytest.raises(InputError, match="expected 'edgekit.compression_record'"):
         read_record(model)
     assert "compression" not in with_compression({"path": str(model), "sha256": digest})
 

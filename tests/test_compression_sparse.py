@@ -177,6 +177,6 @@ def test_keep_sensitive_leaves_first_conv_and_depthwise_dense_and_is_recorded(tm
     # The API writes a compression record naming the option and the layers kept dense.
     path = tmp_path / "s.keras"
     _, api_rep = api_sparsify(model, SparsitySpec(0.8, schedule="constant"), out=path)
-    data = json.loads(path.with_suffix(".compression.json").read_text())["_data"]
+    data = json.loads(path.with_suffix(".compression.json").read_text())
     assert data["technique"] == "magnitude" and data["keep_sensitive"] is True
     assert set(data["kept_dense"]) == big and api_rep["params"]["keep_sensitive"]

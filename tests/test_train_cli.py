@@ -46,7 +46,7 @@ def test_prune_fine_tune_distill_json(cnn_path, tmp_path, capsys):
     assert doc["after"]["macs"] < doc["before"]["macs"] and doc["pruned_groups"] == 2
     pruned = keras.saving.load_model(out, safe_mode=True)
     assert tuple(pruned.outputs[0].shape) == (None, 10)
-    assert json.loads((tmp_path / "p.plan.json").read_text())["_type"] == "edgekit.PruningPlan"
+    assert json.loads((tmp_path / "p.plan.json").read_text())["schema"] == "edgekit.pruning_plan"
 
 
 def test_plan_only_then_replay(cnn_path, tmp_path, capsys):
