@@ -69,9 +69,8 @@ _ONNX_DTYPES = {
     "tensor(string)": "object",
 }
 _QUANTIZED_DTYPES = ("int8", "uint8", "int16")
-# ONNX Runtime's graph optimization levels by the names `run --ort-opt-level` takes (the host's
-# copy is edgekit.devices.device.ORT_OPT_LEVELS; a test keeps the two equal). "all" is ORT's
-# own default.
+# ONNX Runtime's graph optimization levels by the names `run --ort-opt-level` takes (the host
+# imports this tuple as edgekit.devices.device.ORT_OPT_LEVELS). "all" is ORT's own default.
 ORT_OPT_LEVELS = ("disable", "basic", "extended", "all")
 _ORT_LEVEL_ATTRS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                     "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}

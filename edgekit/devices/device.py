@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from device_agents import AGENT_PATH
+from device_agents.agent import ORT_OPT_LEVELS  # noqa: F401 - re-exported: the host's name for it
 from edgekit.devices.spec import ConnectOptions, DeviceSpec
 from edgekit.devices.transport import LocalTransport, ProgressFn, Transport
 from edgekit.errors import AgentError, DeviceError
@@ -22,9 +23,8 @@ from edgekit.fsutil import sha256_file
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1  # the agent protocol this host speaks (device_agents/agent.py)
-#: ONNX Runtime's graph optimization levels, as `agent.py run --ort-opt-level` names them
-#: (the agent holds the same tuple: it never imports edgekit). "all" is ORT's default.
-ORT_OPT_LEVELS = ("disable", "basic", "extended", "all")
+# ORT_OPT_LEVELS: ONNX Runtime's graph optimization levels as `agent.py run --ort-opt-level` names
+# them, defined by the agent (which never imports edgekit) and imported above.
 VENV_NAME = "venv"
 #: Written last into a venv `devices setup` built (edgekit.devices.setup): a venv without it is
 #: half-built (another set-up is creating it, or one died) and is never used.
