@@ -14,6 +14,8 @@ from typing import Union
 
 import numpy as np
 
+from converters.distill import DistillSpec, FitSpec
+from converters.pruning.spec import PruneSpec
 from edgekit.errors import InputError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -99,11 +101,15 @@ def save_model(model, out) -> Path:
     return out
 
 
-def prune(model: ModelArg, ratio: float = 0.5, *, criterion="l1", round_to: int = 1,
-          global_ranking: bool = False, min_channels: int = 1, protect_first_last: bool = True,
+def prune(model: ModelArg, ratio: float = PruneSpec.ratio, *,
+          criterion=PruneSpec.criterion.value, round_to: int = PruneSpec.round_to,
+          global_ranking: bool = PruneSpec.global_ranking,
+          min_channels: int = PruneSpec.min_channels,
+          protect_first_last: bool = PruneSpec.protect_first_last,
           protect=(), train: DataArg = None, epochs: int = 0, distill: bool = False,
-          temperature: float = 4.0, alpha: float = 0.7, batch_size: int = 32,
-          learning_rate: float = 1e-3, plan=None, out=None, return_plan: bool = False):
+          temperature: float = DistillSpec.temperature, alpha: float = DistillSpec.alpha,
+          batch_size: int = FitSpec.batch_size, learning_rate: float = FitSpec.learning_rate,
+          plan=None, out=None, return_plan: bool = False):
     """Structured pruning: remove channels, rebuild a smaller model, optionally fine-tune it.
 
     Args:
@@ -157,9 +163,10 @@ def prune(model: ModelArg, ratio: float = 0.5, *, criterion="l1", round_to: int 
     return (pruned, plan) if return_plan else pruned
 
 
-def distill(student: ModelArg, teacher: ModelArg, train: DataArg, *, temperature: float = 4.0,
-            alpha: float = 0.7, epochs: int = 10, batch_size: int = 32,
-            learning_rate: float = 1e-3, eval: DataArg = None, out=None):
+def distill(student: ModelArg, teacher: ModelArg, train: DataArg, *,
+            temperature: float = DistillSpec.temperature, alpha: float = DistillSpec.alpha,
+            epochs: int = 10, batch_size: int = FitSpec.batch_size,
+            learning_rate: float = FitSpec.learning_rate, eval: DataArg = None, out=None):
     """Train ``student`` from a frozen ``teacher`` on labelled data.
 
     Args:
