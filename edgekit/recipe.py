@@ -29,6 +29,7 @@ from converters.distill import DistillSpec, FitSpec
 from converters.options import CalibrationMethod, ConvertOptions, OnnxQuantFormat
 from converters.pruning.spec import PruneSpec
 from edgekit._version import __version__
+from edgekit.envelope import unwrap, wrap
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -382,17 +383,16 @@ class Recipe:
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
-        doc = {"schema": RECIPE_SCHEMA, "schema_version": RECIPE_VERSION,
-               "generated_by": f"edgekit {__version__}", "name": self.name,
-               "target": self.target, "convert_options": dict(self.convert_options),
-               "runtime": self.runtime(),
-               "source": self.source.to_dict() if self.source else None,
-               "calibration": self.calibration.to_dict() if self.calibration else None,
-               "artifact": self.artifact, "measured": self.measured,
-               "constraints": self.constraints, "objective": self.objective,
-               "advice": list(self.advice),
-               "prune": self.prune.to_dict() if self.prune else None,
-               "student": self.student.to_dict() if self.student else None}
+        doc = wrap(RECIPE_SCHEMA, RECIPE_VERSION, {
+            "name": self.name, "target": self.target,
+            "convert_options": dict(self.convert_options), "runtime": self.runtime(),
+            "source": self.source.to_dict() if self.source else None,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "artifact": self.artifact, "measured": self.measured,
+            "constraints": self.constraints, "objective": self.objective,
+            "advice": list(self.advice),
+            "prune": self.prune.to_dict() if self.prune else None,
+            "student": self.student.to_dict() if self.student else None})
         if self.compress:
             doc["compress"] = self.compress.to_dict()
         return doc
@@ -415,17 +415,10 @@ class Recipe:
         """
         import jsonschema
 
-        if not isinstance(doc, dict) or doc.get("schema") != RECIPE_SCHEMA:
-            got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-            raise InputError(f"{where} is not an edgekit recipe (schema {got!r}, expected "
-                             f"{RECIPE_SCHEMA!r}): pass the best.recipe.json that "
-                             f"`edgekit optimize` wrote")
-        version = doc.get("schema_version")
-        if version != RECIPE_VERSION:
-            hint = ("upgrade edgekit" if isinstance(version, int) and version > RECIPE_VERSION
-                    else "re-run `edgekit optimize`")
-            raise InputError(f"{where} has recipe schema_version {version!r}; this edgekit reads "
-                             f"version {RECIPE_VERSION}: {hint}")
+        # The type and version first (DocumentError, an InputError); the JSON Schema below
+        # checks the whole document, envelope keys included.
+        unwrap(doc, RECIPE_SCHEMA, {RECIPE_VERSION: None}, where=where,
+               rerun="re-run `edgekit optimize` to write it again")
         if doc.get("compress") is not None:  # first: its messages say more than the schema's
             check_compress(doc["compress"], where)
         try:

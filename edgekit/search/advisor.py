@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 from converters import cpu_layouts
 from converters.options import ConvertOptions
 from converters.registry import get_target, targets_for
+from edgekit.envelope import wrap
 from edgekit.errors import ConversionError, InputError, ModelLoadError
 from edgekit.fidelity.tasks import metric_text
 from edgekit.gate import QUANTIZED
@@ -183,13 +184,13 @@ class Advice:
 
     def to_dict(self) -> dict:
         """A versioned JSON document (rows carry their ``status``)."""
-        return {"schema": ADVICE_SCHEMA, "schema_version": ADVICE_VERSION, "model": self.model,
-                "device": self.device, "objective": self.objective,
-                "max_accuracy_drop": self.max_accuracy_drop, "settings": self.settings,
-                "best": self.best.recipe if self.best else None,
-                "rows": [{**asdict(r), "status": r.status} for r in self.rows],
-                "text": list(self.text), "out": self.out,
-                "device_info": device_summary(self.device_info)}
+        return wrap(ADVICE_SCHEMA, ADVICE_VERSION, {
+            "model": self.model, "device": self.device, "objective": self.objective,
+            "max_accuracy_drop": self.max_accuracy_drop, "settings": self.settings,
+            "best": self.best.recipe if self.best else None,
+            "rows": [{**asdict(r), "status": r.status} for r in self.rows],
+            "text": list(self.text), "out": self.out,
+            "device_info": device_summary(self.device_info)})
 
 
 def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: float = 1.0,

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekit.errors import EdgekitError
+from edgekit.envelope import unwrap, wrap
+from edgekit.errors import EdgekitError, InputError
 from edgekit.search.advice_text import ms_text, ratio_text  # the advice's number formats
 from edgekit.search.settings import FINALISTS_FILE
 
@@ -107,14 +108,21 @@ class SideBySide:
         return next((f for f in self.finalists if f.name == name), None)
 
     def to_dict(self) -> dict:
-        return {"schema": FINALISTS_SCHEMA, "schema_version": FINALISTS_VERSION,
-                "rounds": self.rounds, "runs": self.runs, "reference": self.reference,
-                "chosen": self.chosen, "search_pick": self.search_pick,
-                "lines": list(self.lines),
-                "finalists": [{**asdict(f), "p50_ms": f.p50_ms} for f in self.finalists]}
+        return wrap(FINALISTS_SCHEMA, FINALISTS_VERSION, {
+            "rounds": self.rounds, "runs": self.runs, "reference": self.reference,
+            "chosen": self.chosen, "search_pick": self.search_pick,
+            "lines": list(self.lines),
+            "finalists": [{**asdict(f), "p50_ms": f.p50_ms} for f in self.finalists]})
 
     @classmethod
-    def from_dict(cls, doc: dict) -> SideBySide:
+    def from_dict(cls, doc: dict, where: str = "") -> SideBySide:
+        """The side-by-side of a ``finalists.json`` document.
+
+        Raises:
+            DocumentError: not a finalists document, or one from another version.
+        """
+        doc = unwrap(doc, FINALISTS_SCHEMA, {FINALISTS_VERSION: None}, where=where,
+                     rerun="re-run `edgekit optimize` to re-measure the finalists")
         known = set(Finalist.__dataclass_fields__)
         return cls(doc["rounds"], doc["runs"],
                    [Finalist(**{k: v for k, v in f.items() if k in known})
@@ -339,16 +347,21 @@ def write(out: Path, side: SideBySide) -> Path:
 
 
 def read(out: Path) -> SideBySide | None:
-    """The ``finalists.json`` of a study folder, None if there is none (or another version)."""
+    """The ``finalists.json`` of a study folder, None if there is none.
+
+    Raises:
+        InputError: the file is unreadable, not a finalists document, or another version.
+    """
     import json
 
     path = Path(out) / FINALISTS_FILE
     if not path.is_file():
         return None
-    doc = json.loads(path.read_text())
-    if doc.get("schema") != FINALISTS_SCHEMA or doc.get("schema_version") != FINALISTS_VERSION:
-        return None
-    return SideBySide.from_dict(doc)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+    return SideBySide.from_dict(doc, where=str(path))
 
 
 __all__ = ["SideBySide", "Finalist", "pick", "remeasure", "decide", "read", "write",

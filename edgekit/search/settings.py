@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 
 from converters.options import ConvertOptions
+from edgekit.envelope import unwrap, wrap
 from edgekit.errors import DeviceError, InputError
 from edgekit.search.space import SearchSpace
 
@@ -163,14 +164,26 @@ class Settings:
         d = asdict(self)
         d["constraints"] = asdict(self.constraints)
         d["space"] = self.space.to_dict()
-        return {"schema": STUDY_SCHEMA, "schema_version": STUDY_VERSION, **d}
+        return wrap(STUDY_SCHEMA, STUDY_VERSION, d)
 
     @classmethod
-    def from_dict(cls, doc: dict) -> Settings:
-        d = {k: v for k, v in doc.items() if k not in ("schema", "schema_version")}
-        d["constraints"] = Constraints(**d["constraints"])
-        d["space"] = SearchSpace.from_dict(d["space"])
-        return cls(**d)
+    def from_dict(cls, doc: dict, where: str = "") -> Settings:
+        """The settings of a ``study.json`` document (any edgekit's: ``generated_by`` is
+        optional).
+
+        Raises:
+            InputError: not a study, one from a newer edgekit, or one missing its fields.
+        """
+        d = unwrap(doc, STUDY_SCHEMA, {STUDY_VERSION: None}, where=where,
+                   rerun="start the search again with `edgekit optimize`")
+        try:
+            d["constraints"] = Constraints(**d["constraints"])
+            d["space"] = SearchSpace.from_dict(d["space"])
+            return cls(**d)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            at = f"{where}: " if where else ""
+            raise InputError(f"{at}not a valid edgekit study ({type(e).__name__}: {e}): "
+                             "start the search again with `edgekit optimize`") from None
 
 
 class DevicePaused(DeviceError):
@@ -191,10 +204,7 @@ def read_settings(out) -> Settings:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read {path}: {e}") from None
-    if doc.get("schema") != STUDY_SCHEMA or doc.get("schema_version") != STUDY_VERSION:
-        raise InputError(f"{path} is not a version-{STUDY_VERSION} edgekit study "
-                         f"({doc.get('schema')!r} v{doc.get('schema_version')!r})")
-    return Settings.from_dict(doc)
+    return Settings.from_dict(doc, where=str(path))
 
 
 def open_storage(url: str):

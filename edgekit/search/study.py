@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from edgekit.envelope import wrap
 from edgekit.recipe import Recipe
 from edgekit.search.advisor import device_summary
 from edgekit.search.finalists import SideBySide
@@ -20,6 +21,8 @@ from edgekit.search.finalists import SideBySide
 log = logging.getLogger(__name__)
 
 ROLE_BASELINE, ROLE_TOOL_DEFAULT = "baseline", "tool-default"
+#: The document ``edgekit optimize --json`` prints (``Study.to_dict``).
+OPTIMIZE_SCHEMA, OPTIMIZE_VERSION = "edgekit.optimize", 1
 
 
 @dataclass
@@ -136,16 +139,17 @@ class Study:
         return [t for t in self.trials if t.state == "failed"]
 
     def to_dict(self) -> dict:
-        return {"schema": "edgekit.optimize", "schema_version": 1, "out": str(self.out),
-                "settings": self.settings.to_dict(),
-                "best": self.best.name if self.best else None,
-                "recipe": self.recipe.to_dict() if self.recipe else None,
-                "pareto": [r.name for r in self.pareto],
-                "trials": [t.to_dict() for t in self.trials],
-                "candidates": [c.to_dict() for c in self.candidates],
-                "text": list(self.text), "report": str(self.report) if self.report else None,
-                "finalists": self.finalists.to_dict() if self.finalists else None,
-                "device_info": device_summary(self.device_info)}
+        """The ``edgekit optimize --json`` document (``OPTIMIZE_SCHEMA``)."""
+        return wrap(OPTIMIZE_SCHEMA, OPTIMIZE_VERSION, {
+            "out": str(self.out), "settings": self.settings.to_dict(),
+            "best": self.best.name if self.best else None,
+            "recipe": self.recipe.to_dict() if self.recipe else None,
+            "pareto": [r.name for r in self.pareto],
+            "trials": [t.to_dict() for t in self.trials],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "text": list(self.text), "report": str(self.report) if self.report else None,
+            "finalists": self.finalists.to_dict() if self.finalists else None,
+            "device_info": device_summary(self.device_info)})
 
 
 def trial_rows(study) -> list[TrialRow]:
@@ -256,4 +260,5 @@ def apply_side_by_side(candidates: list[TrialRow], side: SideBySide) -> TrialRow
 
 
 __all__ = ["Study", "TrialRow", "trial_rows", "merge_repeats", "pareto_front", "choose",
-           "apply_side_by_side", "ROLE_BASELINE", "ROLE_TOOL_DEFAULT"]
+           "apply_side_by_side", "ROLE_BASELINE", "ROLE_TOOL_DEFAULT", "OPTIMIZE_SCHEMA",
+           "OPTIMIZE_VERSION"]

@@ -314,7 +314,7 @@ def test_cli_convert_recipe_rejects_bad_files_and_conflicts(digits_cnn, tmp_path
     bad = tmp_path / "manifest.json"
     bad.write_text(json.dumps({"schema": "edgekit.manifest", "schema_version": 1}))
     assert main(["convert", str(digits_cnn.keras), "--recipe", str(bad)]) == 2
-    assert "is not an edgekit recipe" in capsys.readouterr().err
+    assert "not an edgekit recipe" in capsys.readouterr().err
     good = tmp_path / "r.recipe.json"
     good.write_text(json.dumps(Recipe("tflite-fp32", "tflite-fp32").to_dict()))
     assert main(["convert", str(digits_cnn.keras), "--recipe", str(good), "--to",
