@@ -367,7 +367,14 @@ def _run_target(info, prep: _Prepared, options, final: Path, cpu=None) -> Artifa
     """Build and verify one target; onnx-int8's layout fields left ``None`` are chosen for
     ``cpu``, falling back to its next layout when one misses the gate (the cause is recorded)."""
     if info.name != "onnx-int8":
-        return _build_target(info, prep, options, final)
+        art = _build_target(info, prep, options, final)
+        if cpu is not None and info.name == "tflite-fp16":
+            # the same file either way; what differs is how the CPU runs it
+            art.pass_config["for_cpu"] = {**cpu.to_dict(), "runs_as": (
+                "fp16 arithmetic (XNNPACK's fp16 inference)" if cpu.fp16_arithmetic else
+                "fp32 arithmetic: the fp16 weights are dequantized at load, so tflite-int8 is "
+                "this CPU's fast TFLite artifact")}
+        return art
     from converters import cpu_layouts
 
     layouts = cpu_layouts.layouts_for(options, cpu)

@@ -192,3 +192,18 @@ def test_cli_says_the_layout_once_and_refuses_unknown_classes(capsys, tmp_path, 
     _, err = capsys.readouterr()
     assert code == 2 and "x86-sse9" in err and "Traceback" not in err
     assert not (tmp_path / "c").exists()
+
+
+def test_tflite_fp16_records_how_the_cpu_runs_it(digits_cnn, tmp_path):
+    from edgekit.api import convert
+
+    arts = {}
+    for cls in ("arm64-dotprod", "x86-avx2"):
+        target = cl.target_from_probe({"arch": "aarch64" if cls.startswith("arm") else "x86_64",
+                                       "cpu": {"features": ["asimddp", "fphp", "asimdhp"]
+                                               if cls.startswith("arm") else ["avx2"]}}, "t")
+        arts[cls] = convert(digits_cnn.keras, ["tflite-fp16"], out=tmp_path / cls,
+                            for_cpu=target)[0]
+    assert arts["arm64-dotprod"].pass_config["for_cpu"]["runs_as"].startswith("fp16 arithmetic")
+    assert "tflite-int8 is this CPU's fast" in arts["x86-avx2"].pass_config["for_cpu"]["runs_as"]
+    assert arts["arm64-dotprod"].sha256 == arts["x86-avx2"].sha256  # one file, two CPUs
