@@ -115,15 +115,16 @@ _NO_VNNI_WHY = ("x86 without VNNI: VPMADDUBSW takes uint8 x int8 and saturates, 
                 "avoid it")
 
 # The table. Fallbacks trade speed for accuracy: a layout that misses the gate gives way to the
-# next one (7-bit weights are more robust on saturating CPUs, S8S8 keeps negative activations'
-# resolution where U8S8's zero point shifts it).
+# next one (S8S8 keeps negative activations' resolution where U8S8's zero point shifts it; on a
+# CPU whose 8-bit products saturate every fallback keeps 7-bit weights). When none meets the gate
+# as it is, the first goes on to the repair.
 CHOICES: dict = {
     CpuClass.X86_AMX: Choice((_U8S8, _S8S8, _U8S8_7BIT), _VNNI_WHY + " (AMX-INT8 too)"),
     CpuClass.X86_AVX512VNNI: Choice((_U8S8, _S8S8, _U8S8_7BIT), _VNNI_WHY),
     CpuClass.X86_AVXVNNI: Choice((_U8S8, _S8S8, _U8S8_7BIT), _VNNI_WHY),
-    CpuClass.X86_AVX512: Choice((_U8S8_7BIT, _S8S8_7BIT, _S8S8), _NO_VNNI_WHY),
-    CpuClass.X86_AVX2: Choice((_U8S8_7BIT, _S8S8_7BIT, _S8S8), _NO_VNNI_WHY),
-    CpuClass.X86: Choice((_U8S8_7BIT, _S8S8), "x86 without AVX2: ORT's SSE kernels take U8S8"),
+    CpuClass.X86_AVX512: Choice((_U8S8_7BIT, _S8S8_7BIT), _NO_VNNI_WHY),
+    CpuClass.X86_AVX2: Choice((_U8S8_7BIT, _S8S8_7BIT), _NO_VNNI_WHY),
+    CpuClass.X86: Choice((_U8S8_7BIT, _S8S8_7BIT), "x86 without AVX2: ORT's SSE kernels take U8S8"),
     CpuClass.ARM64_DOTPROD: Choice((_S8S8, _U8S8),
                                    "ARM64 with dot product (asimddp): SDOT runs S8S8 natively"),
     CpuClass.ARM64: Choice((_S8S8, _U8S8), "ARM64 without dot product: S8S8 is ORT's NEON path"),

@@ -383,17 +383,10 @@ def _run_target(info, prep: _Prepared, options, final: Path, cpu=None) -> Artifa
     # without VNNI saturates where ARM's SDOT does not): verify the exact int8 arithmetic.
     reference = cpu is not None and cpu.cpu_class is not cpu_layouts.this_machine().cpu_class
     fell_back = []
-    for i, lay in enumerate(layouts):
-        opts = dataclasses.replace(options, **lay.options())
-        try:
-            art = _build_target(info, prep, opts, final,
-                                may_fall_back=chosen_for_cpu and i < len(layouts) - 1,
-                                reference_int8=reference)
-        except _LayoutMissed as e:
-            fell_back.append({"layout": lay.label, "cause": e.cause})
-            log.info("%s: %s missed the gate (%s); trying %s", info.name, lay.label, e.cause,
-                     layouts[i + 1].label)
-            continue
+
+    def build(lay, may_fall_back):
+        art = _build_target(info, prep, dataclasses.replace(options, **lay.options()), final,
+                            may_fall_back=may_fall_back, reference_int8=reference)
         if chosen_for_cpu:
             art.pass_config["layout"] = {**cpu.to_dict(), "chosen": lay.label,
                                          "fastest": layouts[0].label, "why": cpu.choice.why,
@@ -401,7 +394,23 @@ def _run_target(info, prep: _Prepared, options, final: Path, cpu=None) -> Artifa
                                          "verified_with": "reference int8 arithmetic"
                                          if reference else "this machine's int8 kernels"}
         return art
-    raise AssertionError("unreachable: the last layout never falls back")
+
+    if chosen_for_cpu and len(layouts) > 1:
+        for lay in layouts:
+            try:
+                return build(lay, may_fall_back=True)
+            except _LayoutMissed as e:
+                fell_back.append({"layout": lay.label, "cause": e.cause})
+                log.info("%s: %s missed the gate (%s)", info.name, lay.label, e.cause)
+        # None meets the gate as it is: the fastest one goes on to the repair (or the refusal),
+        # which starts from the CPU's own layout rather than from its last fallback.
+        tried = "; ".join(f"{f['layout']}: {f['cause']}" for f in fell_back)
+        try:
+            return build(layouts[0], may_fall_back=False)
+        except VerificationError as e:
+            raise VerificationError(f"{e}; every layout for {cpu.cpu_class.value} missed "
+                                    f"({tried})") from e
+    return build(layouts[0], may_fall_back=False)
 
 
 def _build_target(info, prep: _Prepared, options, final: Path, may_fall_back=False,

@@ -207,3 +207,18 @@ def test_tflite_fp16_records_how_the_cpu_runs_it(digits_cnn, tmp_path):
     assert arts["arm64-dotprod"].pass_config["for_cpu"]["runs_as"].startswith("fp16 arithmetic")
     assert "tflite-int8 is this CPU's fast" in arts["x86-avx2"].pass_config["for_cpu"]["runs_as"]
     assert arts["arm64-dotprod"].sha256 == arts["x86-avx2"].sha256  # one file, two CPUs
+
+
+def test_when_every_layout_misses_the_refusal_names_each(digits_cnn, tmp_path):
+    from edgekit.api import convert
+    from edgekit.errors import ConversionError
+
+    here = cl.this_machine()
+    with pytest.raises(ConversionError) as e:
+        convert(digits_cnn.keras, ["onnx-int8"], calibration=digits_cnn.calibration,
+                eval=digits_cnn.eval, out=tmp_path / "b", options=ConvertOptions(min_sqnr_db=200))
+    msg = str(e.value)
+    assert f"every layout for {here.cpu_class.value} missed" in msg
+    for lay in here.choice.onnx_int8:
+        assert f"{lay.label}: " in msg
+    assert not (tmp_path / "b").exists()  # nothing half-written
