@@ -87,13 +87,18 @@ def parse_location(location: Union[str, Path]) -> DbLocation:
         # the error's message repeats the URL, password included: not shown
         raise InputError(f"{mask(location)} is not a database URL: expected a file path or "
                          "e.g. postgresql://user@host/db") from None
+    shown = url.render_as_string(hide_password=True)  # as given, before the driver is named
     backend = url.get_backend_name()
+    if url.drivername == "postgresql":
+        # psycopg2 is edgekit's dependency; SQLAlchemy 2.1 defaults plain postgresql:// to
+        # psycopg (3), which need not be installed.
+        url = url.set(drivername="postgresql+psycopg2")
     if backend not in ("sqlite", "postgresql"):
         raise InputError(f"results database {mask(location)}: backend {backend!r} is not "
                          "supported; use a SQLite file path or a postgresql:// URL")
     path = Path(url.database) if backend == "sqlite" and url.database not in (None, "",
                                                                               ":memory:") else None
-    return DbLocation(url, backend, path, url.render_as_string(hide_password=True))
+    return DbLocation(url, backend, path, shown)
 
 
 def create_engine_for(loc: DbLocation):
@@ -118,7 +123,8 @@ def create_engine_for(loc: DbLocation):
                 loc.url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     except (NoSuchModuleError, ImportError) as e:
         raise InputError(f"results database {loc.shown}: {e} (the URL's driver is not "
-                         "installed; postgresql:// uses psycopg2)") from None
+                         "installed; postgresql:// and postgresql+psycopg2:// use psycopg2, "
+                         "an edgekit dependency)") from None
     return engine
 
 
