@@ -132,7 +132,7 @@ def export_cmd(out, device, artifact, since, db, as_json):
         emit_json({"out": str(out), "results": n, "db": store.location.shown})
     else:
         console.print(f"exported {n} result(s) from {store.location.shown} to {out}",
-                      highlight=False, markup=False)
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 @results.command("import")
@@ -154,9 +154,10 @@ def import_cmd(files, db, as_json):
                    "conflicts": conflicts,
                    "files": [{"file": str(f), **s.to_dict()} for f, s in summaries]})
     else:
-        console.print(f"imported into {store.location.shown}: {new} new, {present} already "
-                      "present" + (f", {len(conflicts)} conflicting" if conflicts else ""),
-                      highlight=False, markup=False)
+        console.print(f"{new} new, {present} already present"
+                      + (f", {len(conflicts)} conflicting" if conflicts else "")
+                      + f" (imported into {store.location.shown})",
+                      highlight=False, markup=False, soft_wrap=True)
     if conflicts:
         raise ImportConflict(f"{len(conflicts)} result(s) not imported: their uid belongs to "
                              f"another device or artifact in {store.location.shown} (first: "
