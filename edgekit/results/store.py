@@ -37,7 +37,8 @@ def _db_error(loc, doing: str, e: Exception) -> EdgekitError:
 
     cause = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
     first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    if "file is not a database" in first or "not a database" in first:
+    if loc.backend == "sqlite" and doing == "open" and "locked" not in first:
+        # a path that is no SQLite file, or where no file can be made: the user's to fix
         return InputError(f"{loc.shown} is not a usable results database: {first}")
     return ResultsDatabaseError(f"cannot {doing} results database {loc.shown}: {first}")
 

@@ -161,6 +161,22 @@ def test_results_and_report_commands_read_postgresql(pg_url, tmp_path, capsys):
     assert "jetson" in md.read_text()
 
 
+def test_bench_writes_into_postgresql(pg_url, tmp_path, capsys):
+    from conftest_ssh import build_digits_models
+
+    digits = build_digits_models()
+    capsys.readouterr()
+    inv = tmp_path / "devices.toml"
+    inv.write_text(f'[devices.here]\nhost = "local"\nworkdir = "{tmp_path / "cache"}"\n')
+    assert main(["bench", str(digits.tflite_int8), "--device", "here", "--runs", "10",
+                 "--warmup", "1", "--db", pg_url, "--inventory", str(inv), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 1 and out[0]["ok"] and out[0]["uid"]
+    with ResultStore(pg_url, create=False) as store:
+        stored = store.get(out[0]["id"])
+    assert stored.uid == out[0]["uid"] and stored.metrics == out[0]["metrics"]
+
+
 def test_passwords_are_never_printed_and_errors_are_one_line(postgres, capsys):
     port = postgres.port
     bad = f"postgresql://someone:hunter2@127.0.0.1:{port}/no_such_db"
