@@ -53,6 +53,9 @@ def export_results(store: ResultStore, out, *, device: Optional[str] = None,
 
     The file is written to a temporary name and renamed, so a failed export leaves no
     partial file.
+
+    Raises:
+        InputError: ``out`` cannot be written (no such folder, no permission).
     """
     out = Path(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -66,6 +69,8 @@ def export_results(store: ResultStore, out, *, device: Optional[str] = None,
                 n += 1
             f.write("\n]\n")
         os.replace(tmp, out)
+    except OSError as e:
+        raise InputError(f"cannot write the export {out}: {e.strerror or e}") from e
     finally:
         tmp.unlink(missing_ok=True)
     return n
