@@ -130,7 +130,10 @@ def test_sqlite_to_postgresql_import_is_idempotent(pg_url, tmp_path, capsys):
 
 
 def test_results_and_report_commands_read_postgresql(pg_url, tmp_path, capsys):
+    from test_results_migrate import schema_drift
+
     with ResultStore(pg_url) as store:
+        assert schema_drift(store) == []  # the migrations build schema.py's tables here too
         store.add(make(10.0, started_at="2020-01-01T00:00:00Z"))  # long ago
         base = make(10.0, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         new = make(12.0, started_at=base.started_at)
