@@ -17,7 +17,7 @@ _EXT = {"html": "html", "md": "md", "csv": "csv"}
 @click.command("report")
 @click.argument("json_files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--db", default=None, metavar="PATH|URL",
-              help=f"Results database: a SQLite file or an SQLAlchemy URL such as "
+              help="Results database: a SQLite file or an SQLAlchemy URL such as "
                    f"postgresql://user@host/db (default: {DEFAULT_DB} when no JSON files are "
                    "given).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
