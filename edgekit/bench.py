@@ -218,7 +218,8 @@ def benchmark(artifacts, devices: Sequence[Union[str, DeviceSpec]] = ("local",),
         options: BenchOptions; keyword ``overrides`` (e.g. ``runs=50``) replace its fields.
         connect: SSH options (host-key policy, ssh_config, timeouts).
         store: where each result is written as soon as it exists (None: not stored): a
-            ResultStore, or a database location opened only once the inputs are checked (so
+            ResultStore, or a database location (a SQLite path or an SQLAlchemy URL such as
+            ``postgresql://user@host/db``) opened only once the inputs are checked (so
             a bad device or data file leaves no database behind) and closed at the end.
         inventory: a devices.toml to resolve names from.
         progress: called as (device, message, done, total).

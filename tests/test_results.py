@@ -50,7 +50,8 @@ def test_store_round_trip_and_wal(store, tmp_path):
     assert rid == a.id == 1
     got = store.get(rid)
     assert got == a
-    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other = sqlite3.connect(tmp_path / "r.db")  # the file itself says WAL, to any reader
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.add(make(11.0, 0.5, device="jetson"))
     assert [r.device for r in store.list()] == ["jetson", "pi4"]
     assert [r.id for r in store.list(device="pi4")] == [1]

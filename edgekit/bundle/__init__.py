@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from edgekit.artifact import Artifact, read_manifest
 from edgekit.errors import EdgekitError, InputError
@@ -84,7 +84,7 @@ class BundleOptions:
     name: Optional[str] = None
     version: str = "1"
     max_bytes: Optional[int] = None
-    db: Optional[Path] = None
+    db: Union[str, Path, None] = None  # a SQLite path or an SQLAlchemy URL
     code_out: Optional[Path] = None
     package: str = "edgekit.models"
 
@@ -283,12 +283,12 @@ def _embed(a: Artifact, data: bytes, name: str, options: BundleOptions, labels) 
 def _open_store(db):
     if db is None:
         return None
-    from edgekit.results import ResultStore
+    from edgekit.results import ResultStore, is_url
 
-    if not Path(db).is_file():
+    if not is_url(db) and not Path(db).is_file():
         raise InputError(f"results database {db} does not exist (drop --db to bundle without "
                          "measured figures)")
-    return ResultStore(db)
+    return ResultStore(db, create=False)
 
 
 def verify_bundle(out) -> list[str]:

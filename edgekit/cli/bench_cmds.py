@@ -1,4 +1,4 @@
-"""`edgekit bench` (artifacts x devices) and `edgekit results list|show|compare`."""
+"""`edgekit bench` (artifacts x devices); the stored results are `edgekit results` (results_cmds)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from edgekit.cli.common import FitTable, console, emit_json, json_option, print_
 from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
 from edgekit.devices.device import ORT_OPT_LEVELS
 from edgekit.errors import EdgekitError
-from edgekit.results import DEFAULT_DB, ResultStore, compare
+from edgekit.results import DEFAULT_DB, mask
 
-db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-                         default=DEFAULT_DB, show_default=True, help="Results database (SQLite).")
+db_option = click.option("--db", default=DEFAULT_DB, show_default=True, metavar="PATH|URL",
+                         help="Results database: a SQLite file, or an SQLAlchemy URL such as "
+                              "postgresql://user@host/db for a database a team shares.")
 
 
 class BenchFailed(EdgekitError):
@@ -85,7 +86,7 @@ def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, referen
     if as_json:
         emit_json([r.to_dict() for r in results])
     else:
-        _print_results(results, f"results (stored in {db})")
+        _print_results(results, f"results (stored in {mask(db)})")
     failed = [r for r in results if r.failed]
     if failed:
         raise BenchFailed(f"{len(failed)} of {len(results)} runs failed; first: "
@@ -132,84 +133,4 @@ def _f(v, digits=3):
     return "" if v is None else f"{v:.{digits}f}"
 
 
-@click.group("results")
-def results():
-    """Stored benchmark results: list, show, compare."""
-
-
-@results.command("list")
-@click.option("--device", help="Only this device.")
-@click.option("--artifact", help="Only this artifact file name or sha256 prefix.")
-@click.option("--limit", type=int, default=50, show_default=True)
-@db_option
-@json_option
-def list_cmd(device, artifact, limit, db, as_json):
-    """Newest results first."""
-    with ResultStore(db) as store:
-        rows = store.list(device=device, artifact=artifact, limit=limit)
-    if as_json:
-        emit_json([r.to_dict() for r in rows])
-    else:
-        _print_results(rows, f"results in {db}")
-
-
-@results.command("show")
-@click.argument("result_id", type=int)
-@db_option
-@json_option
-def show_cmd(result_id, db, as_json):
-    """Everything stored for one result."""
-    with ResultStore(db) as store:
-        r = store.get(result_id)
-    if as_json:
-        emit_json(r.to_dict())
-        return
-    _print_results([r], f"result {r.id}")
-    m = r.metrics or {}
-    if r.ok:
-        lat = m["latency_ms"]
-        console.print("latency ms: " + "  ".join(f"{k} {lat[k]:.4f}" for k in
-                                                 ("min", "mean", "std", "p50", "p90", "p99", "max"))
-                      + f"  runs {lat['runs']}")
-        console.print(f"runtime {m['runtime']} {m['runtime_version']}, {m['threads']} threads, "
-                      f"{m['provider']}; first inference {m['first_inference_ms']:.3f} ms; model "
-                      f"RSS +{(m['memory'].get('model_rss_delta_bytes') or 0) / (1 << 20):.1f} MiB")
-        for when in ("before", "after"):
-            temps = m["system"][when]["temperatures_c"]
-            console.print(f"{when}: " + (", ".join(f"{k} {v:.1f}°C" for k, v in temps.items())
-                                         or "no thermal zones"))
-    console.print(f"device {r.device}; artifact sha256 {r.artifact.get('sha256')}; settings "
-                  f"{r.settings}; {r.started_at} .. {r.finished_at}")
-
-
-@results.command("compare")
-@click.argument("base_id", type=int)
-@click.argument("new_id", type=int)
-@click.option("--fail-on-regression", is_flag=True, help="Exit 1 if any metric regressed.")
-@db_option
-@json_option
-def compare_cmd(base_id, new_id, fail_on_regression, db, as_json):
-    """Compare NEW_ID against BASE_ID; flags regressions beyond the runs' own noise."""
-    with ResultStore(db) as store:
-        cmp = compare(store.get(base_id), store.get(new_id))
-    if as_json:
-        emit_json(cmp.to_dict())
-    else:
-        table = FitTable(title=f"result {new_id} vs {base_id}")
-        for col in ("metric", "base", "new", "delta", "noise band", "verdict"):
-            table.add_column(col, wrap=col == "metric")
-        for m in cmp.metrics:
-            color = {"regression": "red", "improvement": "green"}.get(m.verdict, "")
-            verdict = f"[{color}]{m.verdict}[/{color}]" if color else m.verdict
-            table.add_row(m.name, _g(m.base), _g(m.new), _g(m.delta), _g(m.threshold), verdict)
-        print_table(table)
-        if not cmp.same_artifact or not cmp.same_device:
-            console.print("note: different " + " and ".join(
-                w for w, same in (("artifacts", cmp.same_artifact), ("devices", cmp.same_device))
-                if not same))
-    if fail_on_regression and cmp.regressions:
-        raise BenchFailed(f"regressions in result {new_id} vs {base_id}: "
-                          + ", ".join(cmp.regressions))
-
-
-commands = [bench, results]
+commands = [bench]

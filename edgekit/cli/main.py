@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "edgekit.cli.demo_cmd",
     "edgekit.cli.device_cmds",
     "edgekit.cli.bench_cmds",
+    "edgekit.cli.results_cmds",
     "edgekit.cli.train_cmds",
     "edgekit.cli.compress_cmds",
     "edgekit.cli.quant_cmds",

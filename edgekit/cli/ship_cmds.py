@@ -16,8 +16,10 @@ _EXT = {"html": "html", "md": "md", "csv": "csv"}
 
 @click.command("report")
 @click.argument("json_files", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help=f"Results database (default: {DEFAULT_DB} when no JSON files are given).")
+@click.option("--db", default=None, metavar="PATH|URL",
+              help="Results database: a SQLite file or an SQLAlchemy URL such as "
+                   f"postgresql://user@host/db (default: {DEFAULT_DB} when no JSON files are "
+                   "given).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Report file (default: report.html / report.md / report.csv).")
 @click.option("--format", "fmt", type=click.Choice(sorted(_EXT)), default="html",
@@ -32,7 +34,7 @@ def report_cmd(json_files, db, out, fmt, as_json):
         if not f.is_file():
             raise InputError(f"results JSON {f} does not exist")
     if db is None and not json_files:
-        db = Path(DEFAULT_DB)
+        db = DEFAULT_DB
     out = out or Path(f"report.{_EXT[fmt]}")
     path, data = write_report(out, db=db, json_files=json_files, format=fmt)
     rows = sum(len(d.rows) for d in data.devices)
@@ -69,8 +71,9 @@ def report_cmd(json_files, db, out, fmt, as_json):
 @click.option("--version", "model_version", default="1", show_default=True,
               help="Model version string recorded in the metadata.")
 @click.option("--max-bytes", type=int, help="Fail (exit 1) when the model files exceed this.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-              help="Results database: record measured latency/memory/accuracy per device.")
+@click.option("--db", metavar="PATH|URL",
+              help="Results database (a SQLite file or an SQLAlchemy URL): record measured "
+                   "latency/memory/accuracy per device.")
 @click.option("--code-out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the generated Kotlin/Swift helper (default: the app's source "
                    "folder, see --out).")

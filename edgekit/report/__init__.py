@@ -40,7 +40,8 @@ def write_report(out, *, db=None, json_files: Iterable = (), results=None,
 
     Args:
         out: the file to write.
-        db: a results database (SQLite) to read every result from.
+        db: a results database (a SQLite path or an SQLAlchemy URL) to read every result
+            from.
         json_files: ``edgekit bench --json`` output files.
         results: ``Result`` values to use instead of (or besides) db and files.
         format: html, md or csv.

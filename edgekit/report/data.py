@@ -112,7 +112,7 @@ def load_results(db=None, json_files: Iterable = ()) -> tuple[list[Result], list
     """Results from a database and/or ``edgekit bench --json`` / ``results ... --json`` files.
 
     Args:
-        db: a results database path, or None.
+        db: a results database (a SQLite path or an SQLAlchemy URL), or None.
         json_files: files holding one result document or a list of them.
 
     Returns:
@@ -124,13 +124,9 @@ def load_results(db=None, json_files: Iterable = ()) -> tuple[list[Result], list
     results: list[Result] = []
     sources: list[str] = []
     if db is not None:
-        db = Path(db)
-        if not db.is_file():
-            raise InputError(f"results database {db} does not exist: run `edgekit bench ... "
-                             f"--db {db}` first, or pass bench --json files")
-        with ResultStore(db) as store:
-            results += store.list(limit=1_000_000)
-        sources.append(str(db))
+        with ResultStore(db, create=False) as store:  # a missing file or no results: InputError
+            results += store.list(limit=None)
+        sources.append(store.location.shown)
     for f in json_files:
         results += _read_json_results(Path(f))
         sources.append(str(f))
