@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import ipaddress
 import logging
 import os
 import pwd
@@ -183,7 +182,7 @@ def _paramiko_lookup(host: str, ssh_config: Optional[Path]) -> HostConfig:
         log.warning("the OpenSSH client (%s) is not on PATH: reading %s with paramiko's parser, "
                     "which does not read %s; install the OpenSSH client for OpenSSH's own "
                     "resolution", SSH_CLIENT, path, FALLBACK_GAPS)
-    if "hostname" not in found and _INCLUDE.search(text) and not _is_address(host):
+    if found.get("hostname", host) == host and _INCLUDE.search(text) and not _resolves(host):
         raise InputError(
             f"host {host!r} is not defined in {path}, which pulls in other files with Include: "
             "paramiko's parser (used because the OpenSSH client `ssh` is not on PATH) does not "
@@ -200,9 +199,10 @@ def _paramiko_lookup(host: str, ssh_config: Optional[Path]) -> HostConfig:
         known_hosts=os.path.expanduser(known[0]) if known else None, reader="paramiko")
 
 
-def _is_address(host: str) -> bool:
+def _resolves(host: str) -> bool:
+    """Whether ``host`` is an address or a name DNS knows (then it needs no Host block)."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
         return False
     return True
