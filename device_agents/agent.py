@@ -1007,10 +1007,21 @@ def measure(args):
     }
 
 
-def sha256_of(path):
+def _sha256_new():
+    # The interpreter's own SHA-256 (tens of KB) rather than hashlib's OpenSSL (~4 MB of RSS):
+    # the measuring child is forked from this process, so its memory figures would carry it.
+    for name in ("_sha2", "_sha256"):  # 3.12+, 3.8-3.11
+        try:
+            return __import__(name).sha256()
+        except (ImportError, AttributeError):
+            continue
     import hashlib
 
-    h = hashlib.sha256()
+    return hashlib.sha256()
+
+
+def sha256_of(path):
+    h = _sha256_new()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -1191,10 +1202,9 @@ def die_with_parent():
 
 def _parser():
     p = argparse.ArgumentParser(prog="agent.py", description="edgekit device agent")
-    p.add_argument("--agent-sha256", default=None,
-                   help="refuse to run (CacheCorrupt) unless this file has this sha256")
     sub = p.add_subparsers(dest="command")
     pp = sub.add_parser("probe", help="describe this device as JSON")
+    _agent_sha256_option(pp)
     pp.add_argument("--cache-dir", default="~/.cache/edgekit")
     for name in ("run", "_measure"):
         r = sub.add_parser(name, help="benchmark one model file" if name == "run" else None)
@@ -1212,12 +1222,18 @@ def _parser():
         r.add_argument("--timeout", type=float, default=900.0)
         r.add_argument("--memory-limit-mb", type=int, default=None,
                        help="cap the measuring process's address space (RLIMIT_AS)")
+        _agent_sha256_option(r)
         for what in ("", "eval-", "reference-"):
             r.add_argument("--%ssha256" % what, default=None,
                            help="the %s file's expected sha256: a mismatch is a CacheCorrupt "
                                 "error, nothing is run" % (what.rstrip("-") or "model"))
-    sub.add_parser("version")
+    _agent_sha256_option(sub.add_parser("version"))
     return p
+
+
+def _agent_sha256_option(parser):
+    parser.add_argument("--agent-sha256", default=None,
+                        help="refuse to run (CacheCorrupt) unless this file has this sha256")
 
 
 def main(argv=None):
@@ -1225,8 +1241,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="agent: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    own = check_cached_files([("agent", os.path.abspath(__file__), args.agent_sha256)],
-                             "run" if args.command == "run" else args.command or "version")
+    own = check_cached_files([("agent", os.path.abspath(__file__),
+                               getattr(args, "agent_sha256", None))], args.command or "version")
     if own is not None:
         doc = own
     elif args.command == "probe":
@@ -1242,7 +1258,7 @@ def main(argv=None):
                                       ("eval", args.eval, args.eval_sha256),
                                       ("reference", args.reference, args.reference_sha256)], "run")
             if doc is None:
-                doc, facts = supervise(args, argv[argv.index("run") + 1:], args.timeout)
+                doc, facts = supervise(args, argv[1:], args.timeout)
                 doc["device"] = facts
     elif args.command == "_measure":
         die_with_parent()

@@ -320,7 +320,7 @@ class Device:
 
     def _agent_once(self, argv: list[str], timeout: float, what: str) -> tuple[dict, object]:
         agent = self.agent_path()
-        res = self.transport.run([self.python, agent, "--agent-sha256", self._agent_sha, *argv],
+        res = self.transport.run([self.python, agent, *argv, "--agent-sha256", self._agent_sha],
                                  timeout=timeout)
         lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
         doc = None
