@@ -32,7 +32,8 @@ class ConnectOptions:
     Attributes:
         trust_new_host: accept (and record in known_hosts) a host key never seen before, like
             OpenSSH's ``StrictHostKeyChecking=accept-new``. A changed key is always refused.
-        ssh_config: the OpenSSH client config to read aliases from (default ``~/.ssh/config``).
+        ssh_config: the OpenSSH client config to read aliases from, as ``ssh -F`` (default:
+            the files ``ssh`` reads).
         known_hosts: known_hosts file (default: the config's UserKnownHostsFile, else
             ``~/.ssh/known_hosts``).
         connect_timeout: seconds for the whole connect, retries included.
