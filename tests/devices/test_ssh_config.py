@@ -10,6 +10,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def _key_as(client_key: Path, path: Path) -> Path:
     shutil.copy(client_key, path)
     path.chmod(0o600)
     return path
+
+
+def replace_workdir(spec: DeviceSpec, tmp_path: Path) -> DeviceSpec:
+    return replace(spec, workdir=str(tmp_path / "w"))
 
 
 def _lab_config(tmp_path: Path, sshd: SshServer, client_key: Path, include: bool) -> Path:
@@ -95,12 +100,6 @@ def test_proxy_jump_through_the_sshd_to_itself(sshd, client_key, tmp_path):
         doc = dev.probe()
         assert dev.transport._jump is not None  # really tunnelled through lab-hop
     assert doc["ok"] and doc["python"]["executable"]
-
-
-def replace_workdir(spec: DeviceSpec, tmp_path: Path) -> DeviceSpec:
-    from dataclasses import replace
-
-    return replace(spec, workdir=str(tmp_path / "w"))
 
 
 def test_bad_config_is_one_line_quoting_openssh(tmp_path):
