@@ -19,7 +19,8 @@ def connection_options(fn):
                      help="devices.toml (default: ./devices.toml, else "
                           "~/.config/edgekit/devices.toml)."),
         click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="OpenSSH client config for aliases (default: ~/.ssh/config)."),
+                     help="OpenSSH client config for aliases, as `ssh -F` (default: the "
+                          "files `ssh` reads)."),
         click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
                      help="known_hosts file (default: the config's, else ~/.ssh/known_hosts)."),
         click.option("--trust-new-host", is_flag=True,

@@ -47,6 +47,16 @@ _VERIFY_AND_RENAME = (
     "os.replace(tmp,final)\n"
 )
 
+# Runs on the device's Python: print a file's sha256 (used when the agent cannot check itself).
+_SHA256_OF = (
+    "import hashlib,sys\n"
+    "h=hashlib.sha256()\n"
+    "f=open(sys.argv[1],'rb')\n"
+    "for b in iter(lambda: f.read(1<<20), b''): h.update(b)\n"
+    "print(h.hexdigest())\n"
+)
+CACHE_CORRUPT = "CacheCorrupt"  # the agent's error type: a cached file's sha256 has changed
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -107,6 +117,11 @@ class Device:
         self.workdir = wd
         self._python: Optional[str] = None
         self._agent: Optional[str] = None
+        self._agent_sha: Optional[str] = None
+        # cache path on the device -> (local file, sha256, name): what to upload again when the
+        # agent finds the device's copy damaged
+        self._sources: dict[str, tuple[Path, str, str]] = {}
+        self._repaired: set[str] = set()  # warned about and uploaded again (once per path)
         self.upload_bytes = 0  # bytes sent by this Device object so far
 
     @classmethod
@@ -204,6 +219,7 @@ class Device:
         sha256 = sha256 or sha256_file(local)
         name = name or "artifact" + local.suffix.lower()
         final = self.cached_path(sha256, name)
+        self._sources[posixpath.normpath(final)] = (local, sha256, name)
         if self.transport.exists(final):
             return final, 0
         self.transport.makedirs(self.workdir)
@@ -244,15 +260,68 @@ class Device:
         except DeviceError as e:
             log.debug("%s: could not remove temp file %s: %s", self.name, path, e)
 
+    def cached_sha256(self, remote: str) -> Optional[str]:
+        """The sha256 a cache path on the device holds, when this Device put it there (or found
+        it there) with ``ensure_file``; else None."""
+        source = self._sources.get(posixpath.normpath(remote))
+        return source[1] if source else None
+
+    def _upload_again(self, remote: str) -> bool:
+        """Replace a cache entry found damaged on the device; say so once. False when this
+        Device does not know where the file came from."""
+        key = posixpath.normpath(remote)
+        source = self._sources.get(key)
+        if source is None or key in self._repaired:
+            return False
+        local, sha256, name = source
+        self._repaired.add(key)
+        log.warning("%s: the device's cached copy of %s (%s) no longer matches its sha256 "
+                    "(damaged on the device); uploading it again", self.name, local.name, remote)
+        self.transport.remove(remote)
+        self.ensure_file(local, sha256, name)
+        return True
+
     # -- agent --------------------------------------------------------------------------------
     def agent_path(self) -> str:
         """The agent's path on the device (uploaded on first use, cached by content)."""
         if self._agent is None:
-            self._agent, _ = self.ensure_file(AGENT_PATH, name="agent.py")
+            self._agent_sha = sha256_file(AGENT_PATH)
+            self._agent, _ = self.ensure_file(AGENT_PATH, self._agent_sha, name="agent.py")
         return self._agent
 
+    def _agent_damaged(self) -> bool:
+        """After the agent failed to answer: if its cached file is damaged, upload it again."""
+        try:
+            res = self.transport.run([self.python, "-c", _SHA256_OF, self.agent_path()],
+                                     timeout=120)
+        except DeviceError as e:
+            log.debug("%s: cannot check the agent's file: %s", self.name, e)
+            return False
+        found = res.stdout.strip() if res.ok else None
+        return found is not None and found != self._agent_sha and \
+            self._upload_again(self.agent_path())
+
     def _agent_doc(self, argv: list[str], timeout: float, what: str) -> tuple[dict, object]:
-        res = self.transport.run([self.python, self.agent_path(), *argv], timeout=timeout)
+        """Run the agent. A cache entry found damaged (the agent itself, a model, eval data) is
+        uploaded again and the command run again; each path at most once per Device, so this
+        ends."""
+        try:
+            doc, res = self._agent_once(argv, timeout, what)
+        except AgentError:
+            if self._agent_damaged():  # a damaged agent file may not even answer
+                return self._agent_doc(argv, timeout, what)
+            raise
+        err = doc.get("error") or {}
+        if err.get("type") == CACHE_CORRUPT:
+            repaired = [self._upload_again(c.get("path", "")) for c in err.get("corrupt", [])]
+            if repaired and all(repaired):
+                return self._agent_doc(argv, timeout, what)
+        return doc, res
+
+    def _agent_once(self, argv: list[str], timeout: float, what: str) -> tuple[dict, object]:
+        agent = self.agent_path()
+        res = self.transport.run([self.python, agent, *argv, "--agent-sha256", self._agent_sha],
+                                 timeout=timeout)
         lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
         doc = None
         if lines:
@@ -307,6 +376,12 @@ class Device:
             argv += ["--eval", eval_path]
         if reference_path:
             argv += ["--reference", reference_path]
+        # The agent checks the cached files against their content address before using them.
+        for flag, path in (("--sha256", remote_model), ("--eval-sha256", eval_path),
+                           ("--reference-sha256", reference_path)):
+            sha256 = self.cached_sha256(path) if path else None
+            if sha256:
+                argv += [flag, sha256]
         try:
             doc, _ = self._agent_doc(argv, settings.timeout + 60, f"the run of {remote_model}")
         except AgentError as e:

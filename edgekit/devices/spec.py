@@ -13,6 +13,7 @@ from typing import Optional
 
 import tomllib
 
+from edgekit.devices.ssh_config import resolve_host
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class ConnectOptions:
     Attributes:
         trust_new_host: accept (and record in known_hosts) a host key never seen before, like
             OpenSSH's ``StrictHostKeyChecking=accept-new``. A changed key is always refused.
-        ssh_config: the OpenSSH client config to read aliases from (default ``~/.ssh/config``).
+        ssh_config: the OpenSSH client config to read aliases from, as ``ssh -F`` (default:
+            the files ``ssh`` reads).
         known_hosts: known_hosts file (default: the config's UserKnownHostsFile, else
             ``~/.ssh/known_hosts``).
         connect_timeout: seconds for the whole connect, retries included.
@@ -147,36 +149,22 @@ def default_inventory() -> Optional[Path]:
     return None
 
 
-def _ssh_config_lookup(host: str, ssh_config: Optional[Path]) -> dict:
-    import paramiko  # SSHConfig is a plain parser; paramiko is a dependency anyway
-
-    path = Path(ssh_config) if ssh_config else Path.home() / ".ssh" / "config"
-    if not path.is_file():
-        if ssh_config:
-            raise InputError(f"ssh config {path} does not exist")
-        return {}
-    try:
-        cfg = paramiko.SSHConfig.from_path(str(path))
-    except (OSError, paramiko.ssh_exception.ConfigParseError) as e:
-        raise InputError(f"cannot read ssh config {path}: {e}") from e
-    return cfg.lookup(host)
-
-
 def apply_ssh_config(spec: DeviceSpec, ssh_config: Optional[Path] = None) -> DeviceSpec:
-    """Fill HostName, User, Port, IdentityFile, ProxyJump, UserKnownHostsFile from ssh_config.
+    """Fill HostName, User, Port, IdentityFile, ProxyJump, UserKnownHostsFile from ssh_config
+    (resolved by OpenSSH itself when installed: ``edgekit.devices.ssh_config``).
 
     Values already set on ``spec`` (from the command line or inventory) win, as in OpenSSH.
+
+    Raises:
+        InputError: the config is missing or OpenSSH refuses it.
     """
     if spec.is_local:
         return spec
-    cfg = _ssh_config_lookup(spec.host, ssh_config)
-    keys = spec.keys or tuple(os.path.expanduser(k) for k in cfg.get("identityfile", []))
-    known = cfg.get("userknownhostsfile")
+    cfg = resolve_host(spec.host, ssh_config, spec.user, spec.port)
     return replace(
-        spec, host=cfg.get("hostname", spec.host), user=spec.user or cfg.get("user"),
-        port=spec.port or (int(cfg["port"]) if "port" in cfg else None), keys=keys,
-        proxy_jump=spec.proxy_jump or (cfg.get("proxyjump") or None),
-        known_hosts=spec.known_hosts or (os.path.expanduser(known.split()[0]) if known else None))
+        spec, host=cfg.hostname, user=spec.user or cfg.user, port=spec.port or cfg.port,
+        keys=spec.keys or cfg.identity_files, proxy_jump=spec.proxy_jump or cfg.proxy_jump,
+        known_hosts=spec.known_hosts or cfg.known_hosts)
 
 
 def parse_device(text: str, inventory: Optional[dict[str, DeviceSpec]] = None,
