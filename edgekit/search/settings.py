@@ -216,6 +216,10 @@ def open_storage(url: str):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     kwargs = {}
+    if url.startswith("postgresql://"):
+        # psycopg2 is edgekit's dependency; SQLAlchemy 2.1 reads a plain postgresql:// URL as
+        # psycopg (3), which need not be installed (the results history does the same).
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     if url.startswith("sqlite"):
         # Several worker processes write one SQLite file: wait for the lock, do not fail.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
