@@ -68,6 +68,9 @@ class Result:
         upload_bytes: bytes sent to the device for this result (0 on a cache hit).
         started_at, finished_at: UTC ISO-8601 timestamps.
         id: the row id once stored.
+        lease: for a ``labgrid:PLACE`` device, how the place was held while measuring
+            (``edgekit.devices.lab.lease.LeaseInfo``: place, coordinator, holder, waited_s,
+            lock_s, acquired_at, took_over_pid); None otherwise.
     """
 
     device: str
@@ -81,6 +84,7 @@ class Result:
     started_at: str = field(default_factory=_now)
     finished_at: str = field(default_factory=_now)
     id: Optional[int] = None
+    lease: Optional[dict] = None
 
     @property
     def succeeded(self) -> bool:

@@ -1,0 +1,7 @@
+"""labgrid places as devices (``--device labgrid:PLACE``): the lab's coordinator locks the board
+while edgekit measures on it. labgrid itself is imported only when such a device is used.
+"""
+
+from edgekit.devices.lab.places import PREFIX, LabPlace, is_lab, place_spec, with_inventory
+
+__all__ = ["PREFIX", "LabPlace", "is_lab", "place_spec", "with_inventory"]
