@@ -60,6 +60,12 @@ class PlaceView:
                 "aliases": list(self.aliases), "resources": list(self.resources)}
 
 
+_CHANNEL_OPTIONS = [  # labgrid.remote.client.ClientSession's own
+    ("grpc.keepalive_time_ms", 7500),
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.http2.ping_timeout_ms", 10000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 _POWER = ("PowerPort", "PDUDaemonPort", "SysfsGPIO", "YKUSH")  # class-name parts of power resources
 
 
@@ -125,6 +131,15 @@ class LabClient:
         finally:
             await channel.close()
         session = self._ClientSession(self.address, self._loop)
+        # gRPC shares one connection between channels of equal options in a process, and the
+        # coordinator keys its clients by connection: two sessions of one process (two places
+        # held at once) must have their own. Same keepalive options as labgrid's own channel.
+        from labgrid.remote.generated.labgrid_coordinator_pb2_grpc import CoordinatorStub
+
+        unused, session.channel = session.channel, grpc.aio.insecure_channel(
+            self.address, options=[*_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)])
+        session.stub = CoordinatorStub(session.channel)
+        await unused.close()
         try:
             await session.start()
         except Exception as e:  # labgrid raises its ServerError or grpc errors here
