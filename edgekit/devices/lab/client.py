@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -83,6 +84,7 @@ class LabClient:
     """
 
     def __init__(self, address: str, timeout: float = 10.0):
+        t0 = time.monotonic()
         grpc, self._ClientSession, self._pb2, proxymanager = _labgrid()
         self._grpc = grpc
         self.address = proxymanager.get_grpc_address(address, default_port=DEFAULT_PORT)
@@ -97,6 +99,7 @@ class LabClient:
             self.close()
             raise
         self.identity = f"{self._session.gethostname()}/{self._session.getuser()}"
+        self.connect_s = time.monotonic() - t0  # import, reach, subscribe: the session's cost
 
     # -- plumbing -------------------------------------------------------------------------------
     def _call(self, coro, timeout: Optional[float] = 30.0):

@@ -51,6 +51,7 @@ class LeaseInfo:
         holder: ``host/user`` the coordinator recorded.
         waited_s: seconds spent waiting for another holder.
         lock_s: seconds spent acquiring (coordinator round trips and local record), no wait.
+        connect_s: seconds to open the session with the coordinator.
         acquired_at: epoch seconds when the place was ours.
         took_over_pid: the pid of a killed edgekit whose acquisition was taken over, else None.
     """
@@ -60,6 +61,7 @@ class LeaseInfo:
     holder: str
     waited_s: float
     lock_s: float
+    connect_s: float
     acquired_at: float
     took_over_pid: Optional[int] = None
 
@@ -130,6 +132,8 @@ class PlaceLease:
         self._lockfile = state_dir() / f"{slug}.lock"
         self.info: Optional[LeaseInfo] = None
         self.service: Optional[dict] = None
+        self.release_s: Optional[float] = None
+        self.released_at: Optional[float] = None
 
     @contextlib.contextmanager
     def _local_lock(self):
@@ -216,7 +220,8 @@ class PlaceLease:
         with _LIVE_LOCK:
             _LIVE[self.token] = self
         self.info = LeaseInfo(self.place, self.client.address, self.client.identity,
-                              round(waited, 4), round(total - waited, 4), time.time(), took_over)
+                              round(waited, 4), round(total - waited, 4),
+                              round(self.client.connect_s, 4), time.time(), took_over)
         if took_over:
             self.progress(f"took over labgrid place {self.place}: its holder, edgekit pid "
                           f"{took_over} on this host, is gone")
@@ -227,7 +232,7 @@ class PlaceLease:
         """Release the place (if still ours) and close the session; idempotent.
 
         Returns:
-            seconds it took.
+            seconds it took (also kept as ``release_s``).
         """
         t0 = time.monotonic()
         with _LIVE_LOCK:
@@ -235,15 +240,16 @@ class PlaceLease:
         try:
             if held:
                 with self._local_lock():
-                    try:
-                        self.client.release(self.place)
-                    finally:
-                        self._drop_record()
+                    self.client.release(self.place)
+                    self._drop_record()
         except DeviceError as e:  # the record stays: the next edgekit here takes the place over
             log.warning("could not release labgrid place %s: %s", self.place, e)
         finally:
             self.client.close()
-        return time.monotonic() - t0
+            if held:
+                self.release_s = time.monotonic() - t0
+                self.released_at = time.time()
+        return self.release_s or 0.0
 
     def __enter__(self):
         self.acquire()
