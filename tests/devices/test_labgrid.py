@@ -252,3 +252,28 @@ def test_errors_are_one_line_with_an_exit_code(lab, sshd, digits, inventory, cap
         assert "Traceback" not in err
     code, _, err = cli(capfd, "devices", "list", "--labgrid", f"127.0.0.1:{free_port()}")
     assert code == 1 and err.strip().count("\n") == 0 and "not reachable" in err
+
+
+def test_the_coordinator_comes_from_the_flag_then_env_then_inventory(tmp_path, monkeypatch):
+    from edgekit.bench import resolve_devices
+    from edgekit.devices.lab.places import coordinator_for
+    from edgekit.devices.spec import ConnectOptions
+    from edgekit.errors import InputError
+
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[labgrid]\ncoordinator = "inv-host:1"\nworkdir = "/tmp/w"\n')
+    spec = resolve_devices(["labgrid:pi"], inv)[0]
+    monkeypatch.delenv("LG_COORDINATOR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert coordinator_for(spec, ConnectOptions()) == "inv-host:1"
+    monkeypatch.setenv("LG_COORDINATOR", "env-host:2")
+    assert coordinator_for(spec, ConnectOptions()) == "env-host:2"
+    assert coordinator_for(spec, ConnectOptions(labgrid="flag-host:3")) == "flag-host:3"
+    monkeypatch.delenv("LG_COORDINATOR")
+    bare = resolve_devices(["labgrid:pi"])[0]
+    (tmp_path / "devices.toml").rename(tmp_path / "elsewhere.toml")  # no default inventory
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(InputError, match="--labgrid"):
+        coordinator_for(bare, ConnectOptions())
+    with pytest.raises(InputError, match="labgrid:PLACE"):
+        resolve_devices(["labgrid:"])
