@@ -54,10 +54,10 @@ class Lab:
                     p.wait()
 
 
-def start_lab(ssh_port: int, boards: int = 6, user: str = "root") -> Lab:
+def start_lab(ssh_port: int, boards: int = 6, user: str = "root", extra_yaml: str = "") -> Lab:
     """Start a coordinator and an exporter exporting ``boards`` NetworkServices (all the sshd on
     ``ssh_port``) plus a group ``nonet`` with only a power port (a place without
-    NetworkService)."""
+    NetworkService), and the groups of ``extra_yaml`` (exporter YAML)."""
     if not (BIN / "labgrid-coordinator").exists() and shutil.which("labgrid-coordinator") is None:
         raise RuntimeError("labgrid-coordinator not installed (pip install 'edgekit[lab]')")
     folder = _tmpdir("edgekit-lab-")
@@ -67,7 +67,7 @@ def start_lab(ssh_port: int, boards: int = 6, user: str = "root") -> Lab:
     yaml = "".join(f"{g}:\n  NetworkService:\n    address: 127.0.0.1\n    username: {user}\n"
                    f"    port: {ssh_port}\n" for g in names)
     yaml += ("nonet:\n  NetworkPowerPort:\n    model: simplerest\n"
-             "    host: 'http://127.0.0.1:9/{index}'\n    index: 0\n")
+             "    host: 'http://127.0.0.1:9/{index}'\n    index: 0\n") + extra_yaml
     (folder / "exporter.yaml").write_text(yaml)
     lab = Lab(address, folder, names)
     log = open(folder / "coordinator.log", "w")
@@ -85,7 +85,9 @@ def start_lab(ssh_port: int, boards: int = 6, user: str = "root") -> Lab:
         deadline = time.monotonic() + 60
         while True:
             out = lab.client("resources", check=False).stdout
-            if all(f"edgekit-lab/{g}/" in out for g in names + ["nonet"]):
+            groups = names + ["nonet"] + [ln[:-1] for ln in extra_yaml.splitlines()
+                                          if ln.endswith(":") and not ln.startswith(" ")]
+            if all(f"edgekit-lab/{g}/" in out for g in groups):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the exporter did not register its resources: "

@@ -45,6 +45,10 @@ def connection_options(fn):
                      default=ConnectOptions.lock_timeout, show_default=True, expose_value=False,
                      callback=_keep_lab_option,
                      help="Seconds to wait for a labgrid place someone else holds."),
+        click.option("--power-cycle-on-loss", is_flag=True, expose_value=False,
+                     callback=_keep_lab_option,
+                     help="labgrid places with a power resource: power-cycle a board whose "
+                          "agent is lost (through labgrid's power driver) and run again once."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -57,7 +61,8 @@ def make_connect(ssh_config, known_hosts, trust_new_host, connect_timeout) -> Co
     return ConnectOptions(trust_new_host=trust_new_host, ssh_config=ssh_config,
                           known_hosts=known_hosts, connect_timeout=connect_timeout,
                           labgrid=lab.get("labgrid"),
-                          lock_timeout=lab.get("lock_timeout", ConnectOptions.lock_timeout))
+                          lock_timeout=lab.get("lock_timeout", ConnectOptions.lock_timeout),
+                          power_cycle_on_loss=bool(lab.get("power_cycle_on_loss")))
 
 
 def inventory_path(inventory):

@@ -42,6 +42,9 @@ class ConnectOptions:
         labgrid: ``HOST[:PORT]`` of the labgrid coordinator for ``labgrid:PLACE`` devices
             (else ``LG_COORDINATOR``, else devices.toml's ``[labgrid] coordinator``).
         lock_timeout: seconds to wait for a labgrid place someone else holds.
+        power_cycle_on_loss: a labgrid place's board whose agent is lost is power-cycled
+            through labgrid's power driver (the place needs a power resource), then the lost
+            command runs again, once.
     """
 
     trust_new_host: bool = False
@@ -54,6 +57,7 @@ class ConnectOptions:
     retries: int = 2
     labgrid: Optional[str] = None
     lock_timeout: float = 600.0
+    power_cycle_on_loss: bool = False
 
 
 @dataclass(frozen=True)

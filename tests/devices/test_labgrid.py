@@ -277,3 +277,88 @@ def test_the_coordinator_comes_from_the_flag_then_env_then_inventory(tmp_path, m
         coordinator_for(bare, ConnectOptions())
     with pytest.raises(InputError, match="labgrid:PLACE"):
         resolve_devices(["labgrid:"])
+
+
+class _PowerSwitch:
+    """A networked power switch (labgrid's ``simplerest`` protocol: GET /INDEX/VALUE) whose
+    outlet feeds a board: the sshd of ``server``. Off kills it, on starts it again."""
+
+    def __init__(self, server):
+        import http.server
+
+        self.server, self.calls = server, []
+        switch = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                parts = self.path.strip("/").split("/")
+                if len(parts) == 2:
+                    switch.set(parts[1] == "1")
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"1" if switch.server.proc.poll() is None else b"0")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def crash(self):
+        """The board dies: its sshd and every session (and agent) under it."""
+        for pid in self.server.children():
+            os.kill(pid, signal.SIGKILL)
+        self.server.proc.kill()
+        self.server.proc.wait()
+
+    def set(self, on: bool):
+        self.calls.append(on)
+        if not on and self.server.proc.poll() is None:
+            self.crash()
+        elif on and self.server.proc.poll() is not None:
+            from conftest_ssh import SSHD, wait_port
+
+            log = open(self.server.folder / "sshd.log", "a")
+            self.server.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(self.server.folder / "sshd_config")], stdout=log,
+                stderr=log, stdin=subprocess.DEVNULL)
+            wait_port(self.server.port)
+
+
+def test_power_cycle_on_loss_goes_through_labgrids_power_driver(own_sshd, digits, tmp_path):
+    switch = _PowerSwitch(own_sshd)
+    lab = start_lab(own_sshd.port, boards=1, extra_yaml=(
+        f"powered:\n  NetworkService:\n    address: 127.0.0.1\n    username: root\n"
+        f"    port: {own_sshd.port}\n  NetworkPowerPort:\n    model: simplerest\n"
+        f"    host: 'http://127.0.0.1:{switch.port}/{{index}}/{{value}}'\n    index: 0\n"))
+    try:
+        place = lab.make_place("powered-1", "powered")
+        inv = tmp_path / "devices.toml"
+        inv.write_text(f'[labgrid]\ncoordinator = "{lab.address}"\n'
+                       f'key = "{own_sshd.user_key}"\nworkdir = "{tmp_path / "w"}"\n'
+                       f'python = "{sys.executable}"\n')
+        lines = []
+
+        def progress(device, message, done, total):
+            lines.append(message)
+            if message.endswith("running") and not switch.calls:
+                threading.Timer(1.0, switch.crash).start()  # the board dies mid-run
+
+        r = benchmark([digits.tflite_fp32], devices=[f"labgrid:{place}"], inventory=inv,
+                      connect=connect_options(own_sshd, power_cycle_on_loss=True),
+                      progress=progress, runs=400000, warmup=1)[0]
+        assert r.ok, (r.error, lines)
+        assert switch.calls == [False, True]  # labgrid's driver switched it off, then on
+        assert any("power-cycling labgrid place" in m for m in lines)
+        # Without the option, the same loss is the device's error.
+        switch.calls.clear()
+        r = benchmark([digits.tflite_fp32], devices=[f"labgrid:{place}"], inventory=inv,
+                      connect=connect_options(own_sshd), progress=progress, runs=400000,
+                      warmup=1)[0]
+        assert not r.ok and "lost" in r.error and switch.calls == []
+        switch.set(True)
+        assert holder(lab, place) is None
+    finally:
+        lab.stop()
+        switch.httpd.shutdown()

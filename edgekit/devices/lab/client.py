@@ -267,3 +267,28 @@ class LabClient:
             raise DeviceError(f"labgrid coordinator {self.address}: releasing {name}: "
                               f"{e.details()}") from e
         await self._session.sync_with_coordinator()
+
+    # -- power ----------------------------------------------------------------------------------
+    def power_cycle(self, name: str) -> None:
+        """Power-cycle the board of place ``name`` (held by this session) with labgrid's own
+        client power command, i.e. labgrid's driver for the place's power resource.
+
+        Raises:
+            DeviceError: the place has no usable power resource, or the power switch failed.
+        """
+        import argparse
+
+        from labgrid.remote.client import Error as LabgridClientError
+
+        session = self._session
+        # ClientSession.power() reads its arguments from the command line's namespace. It runs
+        # here, off the event loop's thread: labgrid's power drivers block.
+        session.args = argparse.Namespace(place=name, action="cycle", delay=None, name=None,
+                                          state=None, initial_state=None)
+        try:
+            session.power()
+        except LabgridClientError as e:
+            raise DeviceError(f"labgrid place {name}: cannot power-cycle: {e}") from e
+        except Exception as e:  # labgrid's drivers raise their backends' own errors
+            raise DeviceError(f"labgrid place {name}: power cycle failed: "
+                              f"{type(e).__name__}: {e}") from e

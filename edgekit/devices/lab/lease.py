@@ -132,6 +132,7 @@ class PlaceLease:
         self._lockfile = state_dir() / f"{slug}.lock"
         self.info: Optional[LeaseInfo] = None
         self.service: Optional[dict] = None
+        self.power: tuple[str, ...] = ()  # the place's power resources
         self.release_s: Optional[float] = None
         self.released_at: Optional[float] = None
 
@@ -185,7 +186,7 @@ class PlaceLease:
                         f"{', '.join(view.resources) or 'nothing'}): add one to its exporter "
                         f"and `labgrid-client -p {self.place} add-match EXPORTER/GROUP/"
                         "NetworkService`")
-                self.service = view.network_service
+                self.service, self.power = view.network_service, view.power
                 holder = view.holder
                 if holder is None:
                     self._write_record()  # before acquiring: a kill in between leaves it stale
@@ -283,6 +284,10 @@ def open_on_place(device_cls, spec: DeviceSpec, connect: ConnectOptions, progres
         lease.acquire()
         target = apply_ssh_config(ssh_spec(spec, lease.service), connect.ssh_config)
         transport = open_transport(target, connect)
+        if connect.power_cycle_on_loss and lease.power:
+            from edgekit.devices.lab.power import PowerCyclingTransport
+
+            transport = PowerCyclingTransport(transport, lease, target, connect, progress)
         try:
             device = device_cls(target, transport)
         except BaseException:
