@@ -103,6 +103,9 @@ class LabClient:
 
     # -- plumbing -------------------------------------------------------------------------------
     def _call(self, coro, timeout: Optional[float] = 30.0):
+        if self._session is not None and self._session.stopping.is_set():
+            coro.close()
+            raise DeviceError(f"lost the connection to labgrid coordinator {self.address}")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout)
@@ -161,8 +164,8 @@ class LabClient:
                 await session.close()
 
             try:
-                self._call(stop(), 10)
-            except DeviceError as e:
+                asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+            except Exception as e:  # noqa: BLE001 - a teardown error must not hide the job's own
                 log.debug("closing the labgrid session: %s", e)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
