@@ -362,3 +362,14 @@ def test_power_cycle_on_loss_goes_through_labgrids_power_driver(own_sshd, digits
     finally:
         lab.stop()
         switch.httpd.shutdown()
+
+
+def test_without_labgrid_one_line_says_what_to_install():
+    # A Python where `import labgrid` fails (as without the lab extra); edgekit itself imports.
+    script = ("import sys; sys.modules['labgrid'] = None\n"
+              "from edgekit.cli.main import main\n"
+              "sys.exit(main(['devices', 'list', '--labgrid', '127.0.0.1:1']))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "pip install 'edgekit[lab]'" in run.stderr
