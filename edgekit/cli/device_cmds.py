@@ -187,11 +187,10 @@ def list_cmd(inventory, coordinator, connect_timeout, as_json):
 
 
 def _list_places(coordinator, connect_timeout, as_json):
-    from edgekit.devices.lab.client import LabClient
+    from edgekit.devices.lab import list_places
 
-    with LabClient(coordinator, connect_timeout) as client:
-        places = [p.to_dict() for p in client.places()]
-        address = client.address
+    places = [p.to_dict() for p in list_places(coordinator, connect_timeout)]
+    address = coordinator
     if as_json:
         emit_json({"coordinator": address, "places": places})
         return

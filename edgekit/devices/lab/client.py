@@ -70,6 +70,23 @@ _CHANNEL_OPTIONS = [  # labgrid.remote.client.ClientSession's own
 _POWER = ("PowerPort", "PDUDaemonPort", "SysfsGPIO", "YKUSH")  # class-name parts of power resources
 
 
+def list_places(coordinator: str, timeout: float = 15.0) -> list[PlaceView]:
+    """The places of a labgrid lab (``edgekit devices list --labgrid``).
+
+    Args:
+        coordinator: ``HOST[:PORT]`` of the labgrid coordinator.
+        timeout: seconds to reach it.
+
+    Returns:
+        every place, sorted by name: its board's NetworkService, holder, tags, comment.
+
+    Raises:
+        InputError: labgrid is not installed. DeviceError: the coordinator is not reachable.
+    """
+    with LabClient(coordinator, timeout) as client:
+        return client.places()
+
+
 class LabClient:
     """A session with one labgrid coordinator (labgrid's ``ClientSession``), usable from any
     thread. Close it (or use ``with``) to stop its event loop.
