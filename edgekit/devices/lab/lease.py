@@ -233,7 +233,8 @@ class PlaceLease:
         """Release the place (if still ours) and close the session; idempotent.
 
         Returns:
-            seconds it took (also kept as ``release_s``).
+            seconds the release took, session teardown aside (also kept as ``release_s``;
+            ``released_at`` is when the coordinator had let go, epoch seconds).
         """
         t0 = time.monotonic()
         with _LIVE_LOCK:
@@ -242,14 +243,13 @@ class PlaceLease:
             if held:
                 with self._local_lock():
                     self.client.release(self.place)
+                    self.released_at = time.time()  # the coordinator has let go: others may hold
                     self._drop_record()
+                self.release_s = time.monotonic() - t0
         except DeviceError as e:  # the record stays: the next edgekit here takes the place over
             log.warning("could not release labgrid place %s: %s", self.place, e)
         finally:
             self.client.close()
-            if held:
-                self.release_s = time.monotonic() - t0
-                self.released_at = time.time()
         return self.release_s or 0.0
 
     def __enter__(self):
