@@ -212,9 +212,12 @@ class LabClient:
         await self._session.sync_with_coordinator()
         places = self._session.places
         if name is not None and name not in places:
-            known = ", ".join(sorted(places)) or "none"
+            names = sorted(places)
+            known = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if names[12:] else "")
+            known = known or "none"
             raise InputError(f"labgrid place {name!r} does not exist on coordinator "
-                             f"{self.address} (places: {known})")
+                             f"{self.address} (places: {known}; see `edgekit devices list "
+                             f"--labgrid {self.address}`)")
         names = [name] if name is not None else sorted(places)
         return [self._view(places[n]) for n in names]
 
