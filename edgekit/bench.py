@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from edgekit.artifact import MANIFEST_NAME, Artifact, read_manifest
 from edgekit.devices.device import ORT_OPT_LEVELS, Device, RunSettings
+from edgekit.devices.lab import is_lab
 from edgekit.devices.spec import ConnectOptions, DeviceSpec, load_inventory, parse_device
 from edgekit.errors import CalibrationError, DeviceError, InputError
 from edgekit.fsutil import sha256_file
@@ -199,10 +200,13 @@ def check_eval_data(arts: Sequence[BenchArtifact], path) -> None:
 
 def resolve_devices(devices, inventory=None, ssh_config=None) -> list[DeviceSpec]:
     """DeviceSpecs from names / ``user@host[:port]`` / ``local`` / DeviceSpec values."""
+    from edgekit.devices.lab import with_inventory
+
     inv = load_inventory(inventory) if inventory else None
     specs = []
     for d in devices or ["local"]:
-        specs.append(d if isinstance(d, DeviceSpec) else parse_device(str(d), inv, ssh_config))
+        spec = d if isinstance(d, DeviceSpec) else parse_device(str(d), inv, ssh_config)
+        specs.append(with_inventory(spec, inventory))  # labgrid:PLACE: the [labgrid] table
     return specs
 
 
@@ -243,6 +247,10 @@ def benchmark(artifacts, devices: Sequence[Union[str, DeviceSpec]] = ("local",),
     specs = resolve_devices(devices, inventory, connect.ssh_config)
     if opts.eval is not None:
         check_eval_data(arts, opts.eval)
+    if any(is_lab(s) for s in specs):
+        from edgekit.devices.lab.lease import check_places
+
+        check_places(specs, connect)  # an unknown place is bad input, said before anything runs
     if store is None or isinstance(store, ResultStore):
         return _run(arts, specs, opts, connect, store, progress)
     with ResultStore(store) as opened:
@@ -258,13 +266,21 @@ def _run(arts, specs, opts: BenchOptions, connect: ConnectOptions,
             with lock:
                 store.add(result)
 
+    lab = any(is_lab(s) for s in specs)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp, \
             ThreadPoolExecutor(max_workers=min(opts.parallel, len(specs)),
                                thread_name_prefix="edgekit-bench") as pool:
         refs = _HostReferences(Path(tmp), opts)
         futures = [pool.submit(_bench_device, s, arts, opts, connect, save, progress, refs)
                    for s in specs]
-        return [r for f in futures for r in f.result()]
+        try:
+            return [r for f in futures for r in f.result()]
+        except KeyboardInterrupt:
+            if lab:  # a device waiting for its labgrid place stops waiting (the pool joins it)
+                from edgekit.devices.lab.lease import interrupt_waits
+
+                interrupt_waits()
+            raise
 
 
 class _HostReferences:
@@ -366,7 +382,7 @@ def _bench_device(spec: DeviceSpec, arts: list[BenchArtifact], opts: BenchOption
 
     tell("connecting")
     try:
-        device = Device.open(spec, connect)
+        device = Device.open(spec, connect, progress=tell)  # labgrid:PLACE: held until closed
     except DeviceError as e:
         log.warning("%s: %s", spec.name, e)
         return fail_rest(str(e), None)
@@ -396,7 +412,7 @@ def _bench_device(spec: DeviceSpec, arts: list[BenchArtifact], opts: BenchOption
             error = None if doc.get("ok") else _error_line(doc.get("error") or {}, spec.name)
             r = Result(spec.name, art.describe(), settings, bool(doc.get("ok")), error,
                        doc if doc.get("ok") else {"error": doc.get("error")}, info, uploaded,
-                       started, _now())
+                       started, _now(), lease=device.lease.info.to_dict() if device.lease else None)
             save(r)
             results.append(r)
             tell(f"{art.path.name}: {'done' if r.ok else 'failed'}")

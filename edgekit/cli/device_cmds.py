@@ -9,11 +9,21 @@ import click
 
 from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.devices.device import Device
+from edgekit.devices.lab import with_inventory
 from edgekit.devices.spec import ConnectOptions, default_inventory, load_inventory, parse_device
+
+_LAB_META = "edgekit.labgrid"  # click context meta: --labgrid / --lock-timeout of this command
+
+
+def _keep_lab_option(ctx, param, value):
+    ctx.meta.setdefault(_LAB_META, {})[param.name] = value
+    return value
 
 
 def connection_options(fn):
-    """--inventory, --ssh-config, --known-hosts, --trust-new-host, --connect-timeout."""
+    """--inventory, --ssh-config, --known-hosts, --trust-new-host, --connect-timeout, and for
+    labgrid:PLACE devices --labgrid and --lock-timeout (kept in the context: ``make_connect``
+    reads them, so commands do not take them as arguments)."""
     options = [
         click.option("--inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="devices.toml (default: ./devices.toml, else "
@@ -28,6 +38,18 @@ def connection_options(fn):
                           "A changed key is always refused."),
         click.option("--connect-timeout", type=float, default=ConnectOptions.connect_timeout,
                      show_default=True, help="Seconds to connect, retries included."),
+        click.option("--labgrid", metavar="HOST[:PORT]", expose_value=False,
+                     callback=_keep_lab_option,
+                     help="labgrid coordinator for labgrid:PLACE devices (default: "
+                          "$LG_COORDINATOR, else devices.toml's [labgrid] coordinator)."),
+        click.option("--lock-timeout", type=click.FloatRange(min=0),
+                     default=ConnectOptions.lock_timeout, show_default=True, expose_value=False,
+                     callback=_keep_lab_option,
+                     help="Seconds to wait for a labgrid place someone else holds."),
+        click.option("--power-cycle-on-loss", is_flag=True, expose_value=False,
+                     callback=_keep_lab_option,
+                     help="labgrid places with a power resource: power-cycle a board whose "
+                          "agent is lost (through labgrid's power driver) and run again once."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -35,8 +57,13 @@ def connection_options(fn):
 
 
 def make_connect(ssh_config, known_hosts, trust_new_host, connect_timeout) -> ConnectOptions:
+    ctx = click.get_current_context(silent=True)
+    lab = (ctx.meta.get(_LAB_META) if ctx else None) or {}
     return ConnectOptions(trust_new_host=trust_new_host, ssh_config=ssh_config,
-                          known_hosts=known_hosts, connect_timeout=connect_timeout)
+                          known_hosts=known_hosts, connect_timeout=connect_timeout,
+                          labgrid=lab.get("labgrid"),
+                          lock_timeout=lab.get("lock_timeout", ConnectOptions.lock_timeout),
+                          power_cycle_on_loss=bool(lab.get("power_cycle_on_loss")))
 
 
 def inventory_path(inventory):
@@ -46,7 +73,8 @@ def inventory_path(inventory):
 def open_device(name, inventory, connect: ConnectOptions) -> Device:
     inv_path = inventory_path(inventory)
     inv = load_inventory(inv_path) if inv_path else None
-    return Device.open(parse_device(name, inv, connect.ssh_config), connect)
+    spec = with_inventory(parse_device(name, inv, connect.ssh_config), inv_path)
+    return Device.open(spec, connect)
 
 
 @click.group("devices")
@@ -131,9 +159,18 @@ def setup_cmd(device, packages, index_url, inventory, ssh_config, known_hosts, t
 
 @devices.command("list")
 @click.option("--inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--labgrid", "coordinator", metavar="HOST[:PORT]",
+              help="List the places of this labgrid coordinator instead: their boards' SSH "
+                   "address, who holds them, tags and comment.")
+@click.option("--connect-timeout", type=float, default=ConnectOptions.connect_timeout,
+              show_default=True, help="Seconds to reach the labgrid coordinator.")
 @json_option
-def list_cmd(inventory, as_json):
-    """Devices in the inventory (devices.toml)."""
+def list_cmd(inventory, coordinator, connect_timeout, as_json):
+    """Devices in the inventory (devices.toml), or with --labgrid the places of a labgrid lab
+    (use them as --device labgrid:PLACE)."""
+    if coordinator:
+        _list_places(coordinator, connect_timeout, as_json)
+        return
     path = inventory_path(inventory)
     inv = load_inventory(path) if path else {}
     rows = [{"name": s.name, "host": s.host, "user": s.user, "port": s.port, "python": s.python,
@@ -147,6 +184,26 @@ def list_cmd(inventory, as_json):
     for r in rows:
         table.add_row(r["name"], r["host"], r["user"] or "", str(r["port"] or 22),
                       ", ".join(r["tags"]))
+    print_table(table)
+
+
+def _list_places(coordinator, connect_timeout, as_json):
+    from edgekit.devices.lab import list_places
+
+    places = [p.to_dict() for p in list_places(coordinator, connect_timeout)]
+    address = coordinator
+    if as_json:
+        emit_json({"coordinator": address, "places": places})
+        return
+    table = FitTable(title=f"labgrid places on {address}")
+    for col in ("place", "ssh", "held by", "tags / comment"):
+        table.add_column(col, wrap=col in ("held by", "tags / comment"))
+    for p in places:
+        ns = p["network_service"]
+        ssh = f"{ns['username']}@{ns['address']}:{ns['port']}" if ns else "no NetworkService"
+        labels = [f"{k}={v}" for k, v in sorted(p["tags"].items())] + \
+            ([p["comment"]] if p["comment"] else [])
+        table.add_row(p["name"], ssh, p["holder"] or "free", ", ".join(labels))
     print_table(table)
 
 

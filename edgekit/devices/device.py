@@ -11,7 +11,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from device_agents import AGENT_PATH
 from device_agents.agent import ORT_OPT_LEVELS  # noqa: F401 - re-exported: the host's name for it
@@ -123,14 +123,25 @@ class Device:
         self._sources: dict[str, tuple[Path, str, str]] = {}
         self._repaired: set[str] = set()  # warned about and uploaded again (once per path)
         self.upload_bytes = 0  # bytes sent by this Device object so far
+        self.lease = None  # a labgrid place held while this Device is open (edgekit.devices.lab)
 
     @classmethod
-    def open(cls, spec: DeviceSpec, options: Optional[ConnectOptions] = None) -> "Device":
-        """Connect to ``spec``.
+    def open(cls, spec: DeviceSpec, options: Optional[ConnectOptions] = None,
+             progress: Optional[Callable[[str], None]] = None) -> "Device":
+        """Connect to ``spec``. A ``labgrid:PLACE`` spec first acquires the place (waiting up to
+        ``options.lock_timeout`` s, ``progress`` told who holds it) and holds it until
+        ``close()``.
 
         Raises:
-            DeviceError / HostKeyError: see SSHTransport.
+            DeviceError / HostKeyError: see SSHTransport; a place still held after the wait.
+            InputError: an unknown labgrid place, or one without a NetworkService.
         """
+        from edgekit.devices.lab.places import is_lab
+
+        if is_lab(spec):
+            from edgekit.devices.lab.lease import open_on_place
+
+            return open_on_place(cls, spec, options or ConnectOptions(), progress)
         transport = open_transport(spec, options)
         try:
             return cls(spec, transport)
@@ -139,7 +150,11 @@ class Device:
             raise
 
     def close(self) -> None:
-        self.transport.close()
+        try:
+            self.transport.close()
+        finally:
+            if self.lease is not None:
+                self.lease.release()
 
     def __enter__(self):
         return self

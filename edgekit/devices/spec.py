@@ -41,6 +41,12 @@ class ConnectOptions:
         command_timeout: default seconds for one remote command.
         keepalive: seconds between SSH keepalive packets (0: off).
         retries: connect attempts after the first one, with exponential backoff.
+        labgrid: ``HOST[:PORT]`` of the labgrid coordinator for ``labgrid:PLACE`` devices
+            (else ``LG_COORDINATOR``, else devices.toml's ``[labgrid] coordinator``).
+        lock_timeout: seconds to wait for a labgrid place someone else holds.
+        power_cycle_on_loss: a labgrid place's board whose agent is lost is power-cycled
+            through labgrid's power driver (the place needs a power resource), then the lost
+            command runs again, once.
     """
 
     trust_new_host: bool = False
@@ -51,6 +57,9 @@ class ConnectOptions:
     command_timeout: float = 900.0
     keepalive: float = 15.0
     retries: int = 2
+    labgrid: Optional[str] = None
+    lock_timeout: float = 600.0
+    power_cycle_on_loss: bool = False
 
 
 @dataclass(frozen=True)
@@ -172,7 +181,8 @@ def parse_device(text: str, inventory: Optional[dict[str, DeviceSpec]] = None,
     """Resolve one ``--device`` value.
 
     Args:
-        text: ``local``, an inventory name, ``user@host[:port]``, ``host:port`` or an ssh alias.
+        text: ``local``, an inventory name, ``user@host[:port]``, ``host:port``, an ssh alias, or
+            ``labgrid:PLACE`` (a place of a labgrid lab, resolved when it is held).
         inventory: devices from ``load_inventory``.
         ssh_config: OpenSSH client config to consult (default ``~/.ssh/config``).
 
@@ -188,6 +198,10 @@ def parse_device(text: str, inventory: Optional[dict[str, DeviceSpec]] = None,
                          "or an ~/.ssh/config alias")
     if text == "local":
         return DeviceSpec(name="local")
+    if text.startswith("labgrid:"):  # a place of a labgrid lab: edgekit.devices.lab
+        from edgekit.devices.lab.places import place_spec
+
+        return place_spec(text)
     if inventory and text in inventory:
         return apply_ssh_config(inventory[text], ssh_config)
     m = _USER_HOST_PORT.match(text)

@@ -43,6 +43,9 @@ class Result:
         started_at, finished_at: UTC ISO-8601 timestamps.
         id: the row id once stored (in that database only).
         uid: the result's identity in every database, given when it is first stored.
+        lease: for a ``labgrid:PLACE`` device, how the place was held while measuring
+            (``edgekit.devices.lab.lease.LeaseInfo``: place, coordinator, holder, waited_s,
+            lock_s, acquired_at, took_over_pid); None otherwise.
     """
 
     device: str
@@ -57,6 +60,7 @@ class Result:
     finished_at: str = field(default_factory=_now)
     id: Optional[int] = None
     uid: Optional[str] = None
+    lease: Optional[dict] = None
 
     @property
     def succeeded(self) -> bool:
@@ -96,10 +100,16 @@ class Result:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+# Fields added after uids existed: left out of the content uid when unset, so a result's derived
+# uid never changes when edgekit learns a new field.
+_FIELDS_AFTER_UIDS = ("lease",)
+
+
 def content_uid(result: Result) -> str:
     """A uid derived from everything a result holds but its row id: the same measurement gives
     the same uid in every copy of a database written before uids existed."""
-    data = {k: v for k, v in asdict(result).items() if k not in ("id", "uid")}
+    data = {k: v for k, v in asdict(result).items()
+            if k not in ("id", "uid") and not (k in _FIELDS_AFTER_UIDS and v is None)}
     return str(uuid.uuid5(UID_NAMESPACE, json.dumps(data, sort_keys=True, default=str)))
 
 
