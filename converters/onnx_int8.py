@@ -7,6 +7,7 @@ ORT's pre-processing runs first; the opset is raised to 13 when per-channel QDQ 
 from pathlib import Path
 
 from converters.base import PassResult
+from converters.fix_inputs import FixedFeeds
 from converters.onnx_common import (
     MIN_QDQ_OPSET,
     float_model,
@@ -30,6 +31,8 @@ def convert(source, options, calibration, out_path) -> PassResult:
     )
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
 
+    calibration = FixedFeeds.wrap(calibration, options)
+
     class Reader(CalibrationDataReader):
         def __init__(self):
             self._it = iter(calibration.batches(1))
@@ -39,8 +42,8 @@ def convert(source, options, calibration, out_path) -> PassResult:
 
     methods = {CalibrationMethod.MINMAX: OrtMethod.MinMax, CalibrationMethod.ENTROPY: OrtMethod.Entropy,
                CalibrationMethod.PERCENTILE: OrtMethod.Percentile}
-    model, tools = float_model(source, options)
     notes: list = source_notes(source)
+    model, tools = float_model(source, options, notes)
     model = upgrade_opset(model, MIN_QDQ_OPSET, notes)
     extra = {"ActivationSymmetric": bool(options.symmetric_activations)}
     if options.calibration_method == CalibrationMethod.PERCENTILE:

@@ -46,6 +46,11 @@ class ConvertOptions:
             file drops its per-channel scale arrays: smaller after gzip).
         opset: ONNX opset produced by tf2onnx for Keras/SavedModel sources.
         input_shapes: pins dynamic dims, input name → full shape (batch included).
+        fix_inputs: onnx-int8 specialises the graph for these inputs, name → scalar value
+            (``converters.fix_inputs``): they leave the graph as constants and the ``If`` nodes
+            they decide are replaced by the branch taken, so the quantizer reaches the net inside
+            (silero-vad for one sample rate: ``{"sr": 16000}``). The calibration samples must
+            hold that value.
         calibration_samples: calibration samples fed to the quantizer; ``None`` means up to
             ``DEFAULT_CALIBRATION_SAMPLES`` (fewer is fine), a number is a hard requirement.
         allow_unsafe: load Keras models with ``safe_mode=False`` (Lambda layers run Python code).
@@ -99,6 +104,7 @@ class ConvertOptions:
     per_channel: bool = True
     opset: int = 17
     input_shapes: dict = field(default_factory=dict)
+    fix_inputs: dict = field(default_factory=dict)
     calibration_samples: Optional[int] = None
     allow_unsafe: bool = False
     max_accuracy_drop: Optional[float] = None

@@ -129,6 +129,8 @@ def match_inputs(source_inputs, artifact_inputs) -> list[str]:
     cleaned = [re.sub(r"^serving_default_|:\d+$", "", n) for n in art]
     if sorted(cleaned) == sorted(src):
         return cleaned
+    if len(set(cleaned)) == len(cleaned) and set(cleaned) <= set(src):
+        return cleaned  # an artifact specialised for some inputs (ConvertOptions.fix_inputs)
     return src[:len(art)]
 
 
