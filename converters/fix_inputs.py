@@ -167,7 +167,7 @@ def _inline(graph, node, branch) -> list:
     enclosing graph already uses are renamed, its outputs feed the ``If``'s outputs."""
     from onnx import helper
 
-    taken = _names(graph)
+    taken = _names(graph, skip=node)
     defined = [t.name for t in branch.initializer] + [o for n in branch.node for o in n.output if o]
     rename = {}
     for name in defined:
@@ -205,9 +205,14 @@ def _rename(node, rename: dict) -> None:
                 o.name = rename.get(o.name, o.name)
 
 
-def _names(graph) -> set:
+def _names(graph, skip=None) -> set:
+    """Every name the graph uses (nested graphs included), leaving out node ``skip``'s branches."""
     out = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     for n in graph.node:
+        if n is skip:
+            out.update(n.input)
+            out.update(n.output)
+            continue
         out.update(n.input)
         out.update(n.output)
         for a in n.attribute:
