@@ -137,3 +137,33 @@ def test_bad_fix_inputs_are_input_errors(rate_model, tmp_path):
                         "--to", "onnx-fp32", "--fix-input", "rate=fast", "--out",
                         str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--fix-input" in r.stderr
+
+
+@pytest.mark.thirdparty
+@pytest.mark.slow
+def test_silero_vad_for_16khz_ships_int8(thirdparty_model, tmp_path):
+    # The real silero-vad: its net sits in an If on `sr` (and nested ones); built for 16 kHz,
+    # the repair ships it INT8 well under FP32's size, judged on espeak-ng speech.
+    from pathlib import Path
+
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "thirdparty"))
+    import vad_data
+
+    model = thirdparty_model("silero-vad")
+    try:
+        vad_data.write(model, tmp_path / "vad.npz")
+    except vad_data.SpeechUnavailable as e:
+        pytest.fail(f"no speech to calibrate on: {e}", pytrace=False)
+    opts = ConvertOptions(fix_inputs={"sr": 16000})
+    fp32, = convert(model, ["onnx-fp32"], calibration=tmp_path / "vad.npz", out=tmp_path / "f",
+                    options=opts)
+    art, = convert(model, ["onnx-int8"], calibration=tmp_path / "vad.npz", out=tmp_path / "b",
+                   options=ConvertOptions(fix_inputs={"sr": 16000}, repair=True))
+    assert art.bytes <= 0.6 * fp32.bytes
+    assert all(o.sqnr_db >= 15 for o in art.fidelity.outputs)
+    graph = onnx.load(art.path).graph
+    assert "sr" not in [i.name for i in graph.input]
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in graph.node}
+    assert sum(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer) >= 5
