@@ -17,8 +17,10 @@ log = logging.getLogger(__name__)
 MIN_QDQ_OPSET = 13
 
 
-def float_model(source, options):
-    """The float32 ``onnx.ModelProto`` for ``source`` (tf2onnx for TF sources, cached per opset).
+def float_model(source, options, notes: list | None = None):
+    """The float32 ``onnx.ModelProto`` for ``source`` (tf2onnx for TF sources, cached per opset),
+    specialised for ``options.fix_inputs`` (``converters.fix_inputs``; what was folded is
+    appended to ``notes``).
 
     Returns:
         (model, tools) where tools maps tool names to versions.
@@ -29,7 +31,7 @@ def float_model(source, options):
     import onnx
 
     if source.format == "onnx":
-        return _copy(source.model), {"onnx": onnx.__version__}
+        return _fixed(_copy(source.model), options, notes), {"onnx": onnx.__version__}
     cache = source.__dict__.setdefault("_onnx_cache", {})
     if options.opset not in cache:
         import tensorflow as tf
@@ -47,7 +49,15 @@ def float_model(source, options):
         cache[options.opset] = (model, {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
                                         "onnx": onnx.__version__})
     model, tools = cache[options.opset]
-    return _copy(model), dict(tools)
+    return _fixed(_copy(model), options, notes), dict(tools)
+
+
+def _fixed(model, options, notes):
+    if not getattr(options, "fix_inputs", None):
+        return model
+    from converters.fix_inputs import specialise
+
+    return specialise(model, dict(options.fix_inputs), notes if notes is not None else [])
 
 
 _GENERATED = re.compile(r"__(\d+)")

@@ -109,11 +109,15 @@ class Fidelity:
 
     @property
     def main_output(self) -> Optional[OutputFidelity]:
-        """The output whose task is the model's task (the first judged one)."""
+        """The output whose task is the model's task (the first judged one; of a head judged as
+        a pair, such as boxes + scores, the one that carries the measure)."""
         judged = [o for o in self.outputs if o.judged]
-        for o in judged:
-            if o.task == self.task:
+        of_task = [o for o in judged if o.task == self.task]
+        for o in of_task:
+            if o.metric:
                 return o
+        if of_task:
+            return of_task[0]
         return judged[0] if judged else None
 
     @property

@@ -129,6 +129,8 @@ def match_inputs(source_inputs, artifact_inputs) -> list[str]:
     cleaned = [re.sub(r"^serving_default_|:\d+$", "", n) for n in art]
     if sorted(cleaned) == sorted(src):
         return cleaned
+    if len(set(cleaned)) == len(cleaned) and set(cleaned) <= set(src):
+        return cleaned  # an artifact specialised for some inputs (ConvertOptions.fix_inputs)
     return src[:len(art)]
 
 
@@ -178,11 +180,11 @@ def fidelity(loaded, source, feeds: dict, reference: list[np.ndarray], labels=No
             labels_used = True
         outs.append(of)
     if task in (Task.AUTO, Task.DETECTION):
-        for bi, si in ssd_pairs([(n, r) for n, r, _ in per_output]):
-            if outs[si].task == "detection":
+        for bi, si, layout in ssd_pairs([(n, r) for n, r, _ in per_output]):
+            if outs[si].task == "detection" or not (outs[bi].judged and outs[si].judged):
                 continue
             metric, details = judge_detection_pair(per_output[bi][1], per_output[bi][2],
-                                                   per_output[si][1], per_output[si][2])
+                                                   per_output[si][1], per_output[si][2], layout)
             outs[si].task, outs[si].metric, outs[si].details = "detection", metric, details
             outs[bi].task, outs[bi].metric = "detection", None
             outs[bi].note = f"boxes of the detection head judged with {outs[si].name!r}"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from converters.base import PassResult
 from converters.onnx_common import host_int8_may_saturate
-from converters.options import CONV_MATMUL_OP_TYPES, CalibrationMethod
+from converters.options import CONV_MATMUL_OP_TYPES, WEIGHT_OP_TYPES, CalibrationMethod
 from converters.repair.smooth import DEFAULT_ALPHA as SMOOTH_ALPHA
 from converters.repair.smooth import TRANSFORMER_OP_TYPES, matmul_heavy
 from edgekit.errors import ConversionError, VerificationError
@@ -107,7 +107,9 @@ def cheaper_remedies(info, options, src=None) -> list:
              r(base, equalize=True, bias_correction=True)),
             ("Conv/MatMul/Gemm only in int8 (elementwise ops in float)", convs_only),
             ("Conv/MatMul/Gemm only in int8 + cross-layer equalization + bias correction",
-             r(convs_only, equalize=True, bias_correction=True))]
+             r(convs_only, equalize=True, bias_correction=True)),
+            ("Conv/MatMul/Gemm only in int8, every other op (ReLU, data movement) in float",
+             r(convs_only, quantize_op_types=WEIGHT_OP_TYPES))]
     return _distinct(out, options)
 
 
@@ -148,6 +150,17 @@ def repair(info, src, options, calib, out_path: Path, evaluate, gate, naive_fide
         groups = rank_groups(info, src, options, calib, out_path, evaluate)
         if groups:
             found = _search(info, src, options, calib, out_path, evaluate, gate, groups, attempts)
+            convs = _convs_only(attempts)
+            if convs is not None and (found is None or _float_groups(found) * 2 >= len(groups)):
+                # Half the groups in float or more: try again with the graph's elementwise ops
+                # float from the start (ranked on that artifact), keep the smaller that passes.
+                base = dataclasses.replace(convs.options, float_nodes=options.float_nodes)
+                ranked = rank_groups(info, src, base, calib, convs.path, evaluate)
+                other = _search(info, src, base, calib, out_path, evaluate, gate, ranked,
+                                attempts, label="Conv/MatMul/Gemm-only int8, ") if ranked else None
+                if other is not None and (found is None
+                                          or other.path.stat().st_size < found.path.stat().st_size):
+                    found = other
             if found is not None:
                 return _adopt(found, attempts, out_path, naive_fidelity, groups)
         if not attempts:
@@ -158,6 +171,23 @@ def repair(info, src, options, calib, out_path: Path, evaluate, gate, naive_fide
         for a in attempts:
             with contextlib.suppress(FileNotFoundError):
                 a.path.unlink()
+
+
+def _convs_only(attempts):
+    """The weight-ops-only remedy's attempt (every other op in float), the start of a second
+    float-group search: on an audio front end, quantizing the waveform and an STFT's powers and
+    square roots costs more than any one group the search keeps float. ``None`` when it was not
+    tried."""
+    for a in attempts:
+        if tuple(a.options.quantize_op_types) == tuple(WEIGHT_OP_TYPES):
+            return a
+    return None
+
+
+def _float_groups(att) -> int:
+    """k of an attempt of the float-group search (``top k of n groups in float``)."""
+    words = att.description.split(", ")[-1].split()
+    return int(words[1]) if len(words) > 1 and words[0] == "top" and words[1].isdigit() else 0
 
 
 def rank_groups(info, src, options, calib, naive_path, evaluate) -> list:
@@ -174,7 +204,7 @@ def rank_groups(info, src, options, calib, naive_path, evaluate) -> list:
     return []
 
 
-def _search(info, src, options, calib, out_path, evaluate, gate, groups, attempts):
+def _search(info, src, options, calib, out_path, evaluate, gate, groups, attempts, label=""):
     """Smallest k such that keeping the top-k groups in float meets the gate (doubling, then bisect)."""
     def nodes_for(k):
         seen, out = set(), []
@@ -188,7 +218,7 @@ def _search(info, src, options, calib, out_path, evaluate, gate, groups, attempt
     def attempt(k):
         opts = dataclasses.replace(options, float_nodes=nodes_for(k))
         att = _attempt(info, src, opts, calib, out_path, evaluate, gate,
-                       f"top {k} of {len(groups)} groups in float")
+                       f"{label}top {k} of {len(groups)} groups in float")
         if att is not None:
             attempts.append(att)
         return att

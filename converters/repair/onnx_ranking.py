@@ -26,6 +26,9 @@ def rank_onnx(src, options, calib, naive_path: Path) -> list:
         modify_model_output_intermediate_tensors,
     )
 
+    from converters.fix_inputs import FixedFeeds
+
+    calib = FixedFeeds.wrap(calib, options)
     samples = [b for _, b in zip(range(RANKING_SAMPLES), calib.batches(1), strict=False)]
 
     class Reader(CalibrationDataReader):

@@ -62,6 +62,9 @@ def _split_targets(value):
 @click.option("--opset", type=int, default=None, help="ONNX opset for Keras/SavedModel sources.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
               help="Pin an input's dynamic dims (repeatable).")
+@click.option("--fix-input", "fix_inputs", multiple=True, metavar="NAME=VALUE",
+              help="ONNX targets: ship the model for one value of a scalar input (e.g. sr=16000); "
+                   "it leaves the graph and the If nodes it decides are folded (repeatable).")
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=None,
               help="Calibration samples to use (default: up to 200; a given number is required).")
 @click.option("--allow-unsafe", is_flag=True, help="Load Keras Lambda layers (runs code from the file).")
@@ -93,11 +96,12 @@ def _split_targets(value):
 def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_method, percentile,
                 per_tensor, for_device, for_cpu, reduce_range, unsigned_activations, onnx_format,
                 equalize, bias_correction,
-                opset, input_shapes,
+                opset, input_shapes, fix_inputs,
                 calibration_samples, allow_unsafe, max_accuracy_drop, min_agreement, min_sqnr,
                 task, min_task_metric, repair, inventory, ssh_config, known_hosts, trust_new_host,
                 connect_timeout, recipe_file, train, as_json):
     """Convert MODEL to TFLite/ONNX artifacts, verify each against MODEL, write a manifest."""
+    from converters.fix_inputs import parse_fix_inputs
     from converters.options import CalibrationMethod, ConvertOptions
     from converters.registry import targets_for
     from converters.sources import detect_format, parse_input_shapes
@@ -110,7 +114,7 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
                  "--unsigned-activations": unsigned_activations, "--onnx-format": onnx_format,
                  "--for": for_device, "--for-cpu": for_cpu, "--equalize": equalize,
                  "--bias-correction": bias_correction, "--opset": opset,
-                 "--calibration-samples": calibration_samples,
+                 "--calibration-samples": calibration_samples, "--fix-input": fix_inputs or None,
                  "--max-accuracy-drop": max_accuracy_drop, "--min-agreement": min_agreement,
                  "--min-sqnr": min_sqnr, "--auto-mixed-precision": repair,
                  "--min-task-metric": min_task_metric,
@@ -132,8 +136,8 @@ def convert_cmd(model, targets, calibration, eval_, out, float_io, calibration_m
         unsigned_activations=unsigned_activations,
         onnx_quant_format=OnnxQuantFormat(onnx_format) if onnx_format else None, equalize=equalize,
         bias_correction=bias_correction, opset=opset or defaults.opset,
-        input_shapes=parse_input_shapes(input_shapes), calibration_samples=calibration_samples,
-        allow_unsafe=allow_unsafe, max_accuracy_drop=max_accuracy_drop,
+        input_shapes=parse_input_shapes(input_shapes), fix_inputs=parse_fix_inputs(fix_inputs),
+        calibration_samples=calibration_samples, allow_unsafe=allow_unsafe, max_accuracy_drop=max_accuracy_drop,
         min_top1_agreement=min_agreement, min_sqnr_db=min_sqnr, repair=repair, task=task,
         min_task_metric=min_task_metric)
     names = _split_targets(targets)

@@ -5,16 +5,27 @@ Supported layouts (auto-detected in :mod:`edgekit.fidelity.tasks`):
 - YOLOv8-style ``[N, 4 + C, A]``: box (cx, cy, w, h) then C class scores, per anchor;
 - YOLOv5-style ``[N, A, 5 + C]``: box, objectness, C class scores;
 - SSD-style pairs ``boxes [N, A, 4]`` (x1, y1, x2, y2 or y1, x1, y2, x2: IoU does not care) and
-  ``scores [N, A, C]``.
+  ``scores [N, A, C]``;
+- raw anchor heads (MediaPipe's BlazeFace / palm detectors): ``regressors [N, A, 4+2K]``
+  (x_center, y_center, w, h offsets of each anchor, then K keypoints) and ``scores [N, A, C]``
+  as logits. The app applies the sigmoid and keeps anchors whose score passes 0.5 (MediaPipe's
+  ``min_score_thresh``), then decodes each box with its anchor. Without the anchor table the
+  boxes are compared anchor by anchor: a source detection is found when the artifact passes the
+  threshold at the same anchor with IoU >= 0.5 on the raw box. Decoding is, per anchor, the same
+  axis-aligned scale and shift for the source's box and the artifact's (MediaPipe:
+  ``x = raw_x / x_scale * anchor_w + anchor_x``, ``w = raw_w / w_scale * anchor_w`` with
+  ``x_scale == w_scale``, no exponential on sizes), and IoU does not change under such a map.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 SCORE_THRESHOLD = 0.25  # Ultralytics' default confidence for predictions
+LOGIT_SCORE_THRESHOLD = 0.5  # MediaPipe's min_score_thresh, on sigmoid(logit)
 NMS_IOU = 0.45
 MATCH_IOU = 0.5
 MAX_DETECTIONS = 300
@@ -25,6 +36,7 @@ class Detections:
     boxes: np.ndarray   # [K, 4] x1, y1, x2, y2
     scores: np.ndarray  # [K]
     classes: np.ndarray  # [K]
+    anchors: Optional[np.ndarray] = None  # [K] anchor index, for heads compared anchor by anchor
 
 
 def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
@@ -101,10 +113,32 @@ def decode_ssd(boxes: np.ndarray, scores: np.ndarray) -> list[Detections]:
     return res
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logits to probabilities, clipped as MediaPipe does (``score_clipping_thresh`` 100)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, dtype=np.float64), -100.0, 100.0)))
+
+
+def decode_anchors(regressors: np.ndarray, logits: np.ndarray,
+                   threshold: float = LOGIT_SCORE_THRESHOLD) -> list[Detections]:
+    """Per-sample detections of a raw anchor head: every anchor whose best class's
+    ``sigmoid(logit)`` passes ``threshold``, its box (x_center, y_center, w, h) as corners, its
+    anchor index kept for :func:`compare`. No NMS: that runs on the decoded boxes, after this."""
+    res = []
+    for b, s in zip(regressors, logits, strict=True):
+        p = sigmoid(s).reshape(len(b), -1)
+        classes = np.argmax(p, axis=1)
+        sc = p[np.arange(len(p)), classes]
+        sel = np.flatnonzero(sc >= threshold)
+        boxes = _xywh_to_xyxy(b.reshape(len(b), -1)[sel, :4].astype(np.float64))
+        res.append(Detections(boxes, sc[sel], classes[sel], sel))
+    return res
+
+
 def compare(ref: list[Detections], got: list[Detections]) -> dict:
     """The artifact's detections against the source's: true/false positives at IoU 0.5 with the
-    same class (greedy by score), recall, precision, F1 and mAP@0.5 (all-point interpolation,
-    classes present in the source's detections)."""
+    same class (and the same anchor, where both carry anchors; greedy by score), recall,
+    precision, F1 and mAP@0.5 (all-point interpolation, classes present in the source's
+    detections)."""
     tp = fp = n_ref = 0
     per_class: dict = {}
     for r, g in zip(ref, got, strict=True):
@@ -114,6 +148,8 @@ def compare(ref: list[Detections], got: list[Detections]) -> dict:
         for i in np.argsort(-g.scores):
             cand = (~used) & (r.classes == g.classes[i]) & (ious[i] >= MATCH_IOU) if len(r.boxes) \
                 else np.zeros(0, dtype=bool)
+            if cand.size and r.anchors is not None and g.anchors is not None:
+                cand &= r.anchors == g.anchors[i]
             hit = bool(cand.any())
             if hit:
                 used[int(np.argmax(np.where(cand, ious[i], -1)))] = True

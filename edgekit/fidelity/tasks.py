@@ -2,9 +2,10 @@
 
 Every output gets a task, auto-detected from its shape and values unless the user names one:
 - ``classification`` ``[N, C]``: top-1 agreement with the source (accuracy with labels), top-5;
-- ``detection``: YOLO-style ``[N, 4+C, A]`` / ``[N, A, 5+C]`` heads and SSD-style boxes + scores
-  pairs: the source's detections are the ground truth, the artifact's F1 / recall / precision /
-  mAP@0.5 against them;
+- ``detection``: YOLO-style ``[N, 4+C, A]`` / ``[N, A, 5+C]`` heads, SSD-style boxes + scores
+  pairs and raw anchor heads (regressors ``[N, A, 4+2K]`` + score logits ``[N, A, C]``, as
+  MediaPipe's BlazeFace): the source's detections are the ground truth, the artifact's F1 /
+  recall / precision / mAP@0.5 against them;
 - ``segmentation``: probability or class maps ``[N, C, H, W]`` / ``[N, H, W, C]`` / ``[N, H, W]``:
   IoU of the thresholded (or arg-max) masks;
 - ``embedding``: L2-normalised ``[N, D]`` vectors: cosine similarity;
@@ -239,23 +240,65 @@ def _detection_metric(cmp: dict, layout: str):
     return _metric("detection_f1", cmp["f1"], ci, n_ref), {**cmp, "layout": layout}
 
 
-def judge_detection_pair(boxes_ref, boxes_got, scores_ref, scores_got) -> tuple[dict, dict]:
-    """An SSD-style boxes + scores pair judged together."""
-    cmp = det.compare(det.decode_ssd(boxes_ref, scores_ref), det.decode_ssd(boxes_got, scores_got))
-    return _detection_metric(cmp, "ssd")
+def judge_detection_pair(boxes_ref, boxes_got, scores_ref, scores_got, layout: str = "ssd"
+                         ) -> tuple[dict, dict]:
+    """An SSD-style boxes + scores pair judged together (``layout`` from :func:`ssd_pairs`):
+    ``"ssd"`` decoded boxes + probabilities (threshold, NMS), ``"anchors"`` a raw anchor head
+    compared anchor by anchor (:func:`edgekit.fidelity.detection.decode_anchors`)."""
+    if layout == "ssd":
+        cmp = det.compare(det.decode_ssd(boxes_ref, scores_ref),
+                          det.decode_ssd(boxes_got, scores_got))
+        return _detection_metric(cmp, layout)
+    logits = not _in_unit(scores_ref)
+    if not logits:  # probabilities already: the sigmoid's inverse gives the same threshold
+        scores_ref, scores_got = _logit(scores_ref), _logit(scores_got)
+    cmp = det.compare(det.decode_anchors(boxes_ref, scores_ref),
+                      det.decode_anchors(boxes_got, scores_got))
+    metric, details = _detection_metric(cmp, layout)
+    details.update(
+        scores="logits: sigmoid applied" if logits else "probabilities",
+        score_threshold=det.LOGIT_SCORE_THRESHOLD, box="x_center, y_center, w, h per anchor",
+        matching=("per anchor, IoU >= 0.5 on the raw box (decoding scales and shifts both boxes "
+                  "of an anchor alike); before NMS, so a face seen by several anchors counts "
+                  "once per anchor and the interval treats anchors as independent"))
+    return metric, details
 
 
-def ssd_pairs(outputs: list[tuple[str, np.ndarray]]) -> list[tuple[int, int]]:
-    """(boxes index, scores index) of outputs that form an SSD-style head: ``[N, A, 4]`` boxes
-    and ``[N, A, C]`` scores in 0..1 with the same ``A``."""
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
+
+
+# Longest regressor row of a raw anchor head: a box and up to 30 keypoints (MediaPipe's face
+# detector has 6, its palm detector 7).
+MAX_ANCHOR_ROW = 4 + 2 * 30
+
+
+def ssd_pairs(outputs: list[tuple[str, np.ndarray]]) -> list[tuple[int, int, str]]:
+    """(boxes index, scores index, layout) of outputs that form a detection head with one row
+    per anchor (``A`` >= 16 anchors, the same ``A`` in both):
+
+    - ``"ssd"``: ``[N, A, 4]`` boxes and ``[N, A, C]`` (or ``[N, A]``) scores in 0..1;
+    - ``"anchors"``: a raw head, ``[N, A, 4+2K]`` regressors (box, then K keypoints; sizes never
+      negative) and ``[N, A, C]`` scores, logits (as MediaPipe's BlazeFace gives) or
+      probabilities.
+    """
     pairs = []
     for i, (_, b) in enumerate(outputs):
-        if b.ndim != 3 or b.shape[2] != 4 or b.shape[1] < 16:
+        if b.ndim != 3 or b.shape[1] < 16 or b.shape[2] < 4:
             continue
+        row = b.shape[2]
+        raw_ok = row == 4 or (row <= MAX_ANCHOR_ROW and (row - 4) % 2 == 0)
+        sizes_ok = bool(np.all(b[..., 2:4] >= 0))
         for j, (_, s) in enumerate(outputs):
-            if j != i and s.ndim in (2, 3) and s.shape[1] == b.shape[1] and _in_unit(s) \
-                    and (s.ndim == 2 or s.shape[2] != 4):
-                pairs.append((i, j))
+            if j == i or s.ndim not in (2, 3) or s.shape[1] != b.shape[1] \
+                    or (s.ndim == 3 and s.shape[2] in (4, row)):
+                continue
+            if row == 4 and _in_unit(s):
+                pairs.append((i, j, "ssd"))
+                break
+            if raw_ok and sizes_ok and np.issubdtype(s.dtype, np.floating):
+                pairs.append((i, j, "anchors"))
                 break
     return pairs
 

@@ -5,6 +5,10 @@ photographs (scikit-image's) as their data.
   (0..320) with sigmoid class scores (0..1). Naive per-tensor INT8 of the Concat gives the scores
   the boxes' scale (320 / 255 = 1.25 per step): the scores collapse while the whole output's SQNR
   stays high, as with real INT8 YOLO exports.
+- ``anchor_head``: a raw anchor head as MediaPipe's BlazeFace gives, ``regressors [N, A, 16]``
+  (box offsets and sizes in pixels, 6 keypoints) and ``classificators [N, A, 1]`` logits, split
+  from one head tensor: naive per-tensor INT8 gives the logits the pixels' scale, so anchors near
+  the 0.5 threshold flip.
 - ``near_zero_map``: a map of sigmoid probabilities around 1e-6 on made-up inputs (FP16 stores
   them as subnormals with a few bits: a low SQNR that means nothing for the user).
 - ``constant_head``: a model whose output does not depend on its input (an untrained head).
@@ -100,6 +104,67 @@ def yolo_head(folder: Path, classes: int = 8, seed: int = 0) -> Path:
     model = build(inits)
     onnx.checker.check_model(model)
     path = Path(folder) / "yolo_head.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def anchor_head(folder: Path, seed: int = 0) -> Path:
+    """A BlazeFace-style raw anchor head on a small conv backbone (see the module docstring):
+    16x16 cells, one anchor each (256 anchors)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def he(*shape):
+        return (rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+
+    cells = (IMG // 4) ** 2
+    # x/y offsets within +-16 px, w/h 0..128 px, keypoints within +-64 px of the anchor
+    scale = np.array([32, 32, 128, 128] + [128] * 12, np.float32).reshape(1, 16, 1, 1)
+    shift = np.array([16, 16, 0, 0] + [64] * 12, np.float32).reshape(1, 16, 1, 1)
+    inits = {
+        "w1": he(32, 3, 3, 3), "b1": np.zeros(32, np.float32),
+        "w2": he(64, 32, 3, 3), "b2": np.zeros(64, np.float32),
+        "w3": he(64, 64, 3, 3), "b3": np.zeros(64, np.float32),
+        "wb": he(16, 64, 1, 1), "bb": np.zeros(16, np.float32),
+        "wc": he(1, 64, 1, 1), "bc": np.zeros(1, np.float32),
+        "scale": scale, "shift": shift,
+        "shape": np.array([0, cells, 17], np.int64), "split": np.array([16, 1], np.int64),
+    }
+    nodes = [
+        _conv("conv1", "image", "w1", "b1", "c1", 2), helper.make_node("Relu", ["c1"], ["r1"]),
+        _conv("conv2", "r1", "w2", "b2", "c2", 2), helper.make_node("Relu", ["c2"], ["r2"]),
+        _conv("conv3", "r2", "w3", "b3", "c3", 1), helper.make_node("Relu", ["c3"], ["r3"]),
+        _conv("box", "r3", "wb", "bb", "box_logits", 1, 0),
+        helper.make_node("Sigmoid", ["box_logits"], ["box_unit"]),
+        helper.make_node("Mul", ["box_unit", "scale"], ["box_px"]),
+        helper.make_node("Sub", ["box_px", "shift"], ["boxes"]),
+        _conv("cls", "r3", "wc", "bc", "cls_logits", 1, 0),
+        helper.make_node("Concat", ["boxes", "cls_logits"], ["head"], axis=1),
+        helper.make_node("Transpose", ["head"], ["head_nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["head_nhwc", "shape"], ["rows"]),
+        helper.make_node("Split", ["rows", "split"], ["regressors", "classificators"], axis=2),
+    ]
+
+    def build(inits):
+        graph = helper.make_graph(
+            nodes, "anchor_head",
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, IMG, IMG])],
+            [helper.make_tensor_value_info("regressors", TensorProto.FLOAT, ["N", cells, 16]),
+             helper.make_tensor_value_info("classificators", TensorProto.FLOAT, ["N", cells, 1])],
+            [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    # A score bias that leaves about 3 % of anchors above 0 (sigmoid 0.5) on photographs.
+    sess = ort.InferenceSession(build(inits).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    logits = sess.run(["classificators"], {"image": photo_crops(32, seed=99)})[0]
+    inits["bc"] = np.array([-np.percentile(logits, 97)], np.float32)
+    model = build(inits)
+    onnx.checker.check_model(model)
+    path = Path(folder) / "anchor_head.onnx"
     onnx.save(model, path)
     return path
 

@@ -15,7 +15,7 @@ import pytest
 
 from calibration_data import Dataset
 from converters.onnx_int8 import convert as onnx_int8
-from converters.options import CONV_MATMUL_OP_TYPES, ConvertOptions
+from converters.options import CONV_MATMUL_OP_TYPES, WEIGHT_OP_TYPES, ConvertOptions
 from converters.registry import get_target
 from converters.repair import cheaper_remedies
 from converters.repair.equalize import correct_biases, equalize, find_pairs
@@ -306,7 +306,9 @@ def test_cheaper_remedies_try_int8_keeping_remedies_in_order_of_cost():
     new = remedies[first_new:]
     assert [o.equalize for _, o in new][:2] == [True, True]
     assert not new[0][1].bias_correction and new[1][1].bias_correction
-    assert new[-1][1].quantize_op_types == CONV_MATMUL_OP_TYPES
+    assert new[-2][1].quantize_op_types == CONV_MATMUL_OP_TYPES
+    # last, the weight ops alone in int8 (every activation and data-movement op float)
+    assert new[-1][1].quantize_op_types == WEIGHT_OP_TYPES and not new[-1][1].equalize
     assert all(not o.float_nodes for _, o in remedies)
     assert len(set(names)) == len(names)
     assert cheaper_remedies(get_target("onnx-fp16"), ConvertOptions()) == []
