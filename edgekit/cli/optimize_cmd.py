@@ -92,6 +92,10 @@ def parse_duration(text: str | None, option: str) -> float | None:
 @click.option("--storage", default=None, metavar="URL",
               help="SQLAlchemy URL of the study, e.g. postgresql://user@host/db, so workers on "
                    "several machines share it (default: SQLite in --out).")
+@click.option("--db", default=None, metavar="PATH|URL",
+              help="Results history for the device measurements: a SQLite file or an SQLAlchemy "
+                   "URL such as a team's postgresql://user@host/db (default: results.db in "
+                   "--out).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes on this machine sharing the study.")
 @click.option("--runs", type=int, default=20, show_default=True,
@@ -121,7 +125,7 @@ def parse_duration(text: str | None, option: str) -> float | None:
 @connection_options
 @json_option
 def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, compress, prune_ratios,
-                 max_accuracy_drop, objective, max_size, size_metric, max_peak_memory, budget, time_budget, out, storage, workers, runs, targets,
+                 max_accuracy_drop, objective, max_size, size_metric, max_peak_memory, budget, time_budget, out, storage, db, workers, runs, targets,
                  threads, xnnpack, ort_opt_levels, input_shapes, seed, remeasure, resume, worker, inventory,
                  ssh_config, known_hosts, trust_new_host, connect_timeout, as_json):
     """Search recipes of MODEL by measuring them on --device; choose the best one within the
@@ -180,7 +184,7 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, compres
             out=out or Path(f"opt-{stem}"), storage=storage, workers=workers, runs=runs,
             space=space, connect=connect, inventory=inventory_path(inventory),
             options=ConvertOptions(input_shapes=parse_input_shapes(input_shapes)), seed=seed,
-            remeasure=remeasure, compress=compress, size_metric=size_metric,
+            remeasure=remeasure, compress=compress, size_metric=size_metric, db=db,
             progress=lambda m: _progress(status, m))
     _show(study, as_json)
 

@@ -20,9 +20,20 @@ def write_study_report(study: Study, path: Path) -> Path | None:
     from edgekit.report.data import gather, load_results
     from edgekit.report.html import render_html
 
-    db = study.out / RESULTS_DB
-    results = load_results(db)[0] if db.is_file() else []
-    page = render_html(gather(results, [str(db)]), title="edgekit optimize report")
+    shared = getattr(study.settings, "results_db", None)
+    db = shared or study.out / RESULTS_DB
+    if shared:  # a team's history: this study's measurements only
+        from edgekit.results import ResultStore
+        from edgekit.results.location import mask
+
+        ids = sorted({t.result_id for t in study.trials if t.result_id is not None})
+        with ResultStore(shared, create=False) as store:
+            results = [store.get(i) for i in ids]
+        shown = mask(shared)
+    else:
+        results = load_results(db)[0] if Path(db).is_file() else []
+        shown = str(db)
+    page = render_html(gather(results, [shown]), title="edgekit optimize report")
     section = _search_section(study)
     page = page.replace("</h1>", "</h1>\n" + section, 1)
     with atomic_output(path) as tmp:

@@ -54,7 +54,7 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
              storage: str | None = None, workers: int = 1, runs: int = 20,
              space: SearchSpace | None = None, connect=None, inventory=None,
              options: ConvertOptions | None = None, seed: int = 0, remeasure: bool = True,
-             compress: bool | None = None, size_metric: str = "bytes",
+             compress: bool | None = None, size_metric: str = "bytes", db=None,
              progress: Callable[[str], None] | None = None) -> Study:
     """Search for the best recipe of ``model`` on ``device``; write the study to ``out``.
 
@@ -71,6 +71,8 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
         time_budget_s: wall-clock seconds for this run (a resumed run gets a new one).
         out: the study folder (study.json, study.db, cache/, results.db, report, best recipe).
         storage: an SQLAlchemy URL for the Optuna study (default: SQLite in ``out``).
+        db: the results history the device measurements go to (a SQLite path or an SQLAlchemy
+            URL such as a team's ``postgresql://...``; default ``results.db`` in ``out``).
         workers: worker processes on this machine sharing the study (builds overlap; the
             device measures one trial at a time).
         runs: timed inferences per trial on the device.
@@ -162,12 +164,23 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
         device_spec=None if isinstance(device, str) else _spec_dict(device),
         connect=_connect_dict(connect),
         train=str(Path(train).resolve()) if train is not None else None,
-        size_metric=size_metric)
+        size_metric=size_metric, results_db=_results_db(db))
     from edgekit.fsutil import write_json_atomic
 
     write_json_atomic(out / STUDY_FILE, settings.to_dict())
     return run_study(out, workers=workers, connect=connect, progress=progress, device_info=info,
                      remeasure=remeasure)
+
+
+def _results_db(db) -> str | None:
+    """``db`` as stored in study.json (a path resolved, a URL as given), checked now: a bad URL
+    is an InputError before any trial runs."""
+    if db is None:
+        return None
+    from edgekit.results.location import is_url, parse_location
+
+    parse_location(db)
+    return str(db) if is_url(db) else str(Path(db).resolve())
 
 
 def resume(out, *, budget: int | None = None, time_budget_s: float | None = None,

@@ -170,7 +170,7 @@ class TrialRunner:
         memory_limit = 1 if fault_for(recipe.name) == "run" else None
         bench_eval = Path(self.s.eval) if self.s.eval and self.s.eval.endswith(".npz") else None
         with device_lock(self.out, self.spec.name), \
-                ResultStore(self.out / RESULTS_DB) as store:
+                ResultStore(self.s.results_db or self.out / RESULTS_DB) as store:
             self.tell(f"trial {trial.number}: measuring {recipe.name} on {self.spec.name}")
             res = benchmark([art], devices=[self.spec], connect=self.connect, store=store,
                             runs=self.s.runs, warmup=max(2, min(10, self.s.runs // 5)),

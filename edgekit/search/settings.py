@@ -110,6 +110,9 @@ class Settings:
 
     ``size_metric`` (a ``SIZE_METRICS`` key) says how the size objective and ``max_size_bytes``
     measure an artifact; a study written before it existed reads as ``bytes``.
+    ``results_db`` is where the device measurements go (a SQLite path or an SQLAlchemy URL, e.g.
+    a team's PostgreSQL history); None (and every study written before it) means ``results.db``
+    in the study folder.
     """
 
     model: str
@@ -133,6 +136,7 @@ class Settings:
     connect: dict = field(default_factory=dict)
     train: str | None = None
     size_metric: str = "bytes"
+    results_db: str | None = None  # a team's results history (path or URL); None: out/results.db
 
     @property
     def size_key(self) -> str:
