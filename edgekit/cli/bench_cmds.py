@@ -11,8 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgekit.bench import BenchOptions, benchmark
 from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
+from edgekit.cli.perlayer_table import print_per_layer, print_per_layer_deltas
 from edgekit.devices.device import ORT_OPT_LEVELS
 from edgekit.errors import EdgekitError
+from edgekit.perlayer import compare_per_layer
 from edgekit.results import DEFAULT_DB, ResultStore, compare
 
 db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
@@ -51,12 +53,14 @@ class BenchFailed(EdgekitError):
               help="ONNX Runtime's graph optimization level.")
 @click.option("--parallel", type=int, default=BenchOptions.parallel, show_default=True,
               help="Devices benchmarked at once.")
+@click.option("--per-layer", is_flag=True,
+              help="Also time each layer on the device (a short pass after the timed runs).")
 @db_option
 @connection_options
 @json_option
 def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, reference, host_reference,
-          timeout, memory_limit_mb, xnnpack, ort_opt_level, parallel, db, inventory, ssh_config, known_hosts,
-          trust_new_host, connect_timeout, as_json):
+          timeout, memory_limit_mb, xnnpack, ort_opt_level, parallel, per_layer, db, inventory,
+          ssh_config, known_hosts, trust_new_host, connect_timeout, as_json):
     """Benchmark ARTIFACTS (a build folder with manifest.json, or .tflite/.onnx/.ort files) on
     every --device; results go to the database and are printed.
     """
@@ -64,7 +68,7 @@ def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, referen
                            eval=eval_path, reference=reference, host_reference=host_reference,
                            timeout=timeout, memory_limit_mb=memory_limit_mb,
                            xnnpack=xnnpack == "on", ort_opt_level=ort_opt_level,
-                           parallel=parallel)
+                           parallel=parallel, per_layer=per_layer)
     connect = make_connect(ssh_config, known_hosts, trust_new_host, connect_timeout)
     lock = threading.Lock()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -86,6 +90,9 @@ def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, referen
         emit_json([r.to_dict() for r in results])
     else:
         _print_results(results, f"results (stored in {db})")
+        for r in results if per_layer else ():
+            if r.ok:
+                print_per_layer(r)
     failed = [r for r in results if r.failed]
     if failed:
         raise BenchFailed(f"{len(failed)} of {len(results)} runs failed; first: "
@@ -180,6 +187,8 @@ def show_cmd(result_id, db, as_json):
                                          or "no thermal zones"))
     console.print(f"device {r.device}; artifact sha256 {r.artifact.get('sha256')}; settings "
                   f"{r.settings}; {r.started_at} .. {r.finished_at}")
+    if r.ok:
+        print_per_layer(r)
 
 
 @results.command("compare")
@@ -191,9 +200,12 @@ def show_cmd(result_id, db, as_json):
 def compare_cmd(base_id, new_id, fail_on_regression, db, as_json):
     """Compare NEW_ID against BASE_ID; flags regressions beyond the runs' own noise."""
     with ResultStore(db) as store:
-        cmp = compare(store.get(base_id), store.get(new_id))
+        base, new = store.get(base_id), store.get(new_id)
+    cmp = compare(base, new)
+    layers = compare_per_layer(base.metrics, new.metrics)
     if as_json:
-        emit_json(cmp.to_dict())
+        emit_json(dict(cmp.to_dict(), **({"per_layer": [d.to_dict() for d in layers]}
+                                         if layers else {})))
     else:
         table = FitTable(title=f"result {new_id} vs {base_id}")
         for col in ("metric", "base", "new", "delta", "noise band", "verdict"):
@@ -203,6 +215,8 @@ def compare_cmd(base_id, new_id, fail_on_regression, db, as_json):
             verdict = f"[{color}]{m.verdict}[/{color}]" if color else m.verdict
             table.add_row(m.name, _g(m.base), _g(m.new), _g(m.delta), _g(m.threshold), verdict)
         print_table(table)
+        if layers:
+            print_per_layer_deltas(layers, f"per-layer by op type, result {new_id} vs {base_id}")
         if not cmp.same_artifact or not cmp.same_device:
             console.print("note: different " + " and ".join(
                 w for w, same in (("artifacts", cmp.same_artifact), ("devices", cmp.same_device))
