@@ -220,3 +220,21 @@ def test_cli_bench_per_layer_table_and_json(heavy, tmp_path, capsys, monkeypatch
     assert main(args + ["--json"]) == 0
     [doc] = json.loads(capsys.readouterr().out)
     assert doc["metrics"]["per_layer"]["method"] == "onnxruntime-profiler"
+
+
+def test_report_shows_per_layer_bars_per_device_side_by_side(heavy, tmp_path):
+    from edgekit.report import write_report
+
+    devices = [DeviceSpec(name=n, workdir=str(tmp_path / n)) for n in ("board-a", "board-b")]
+    results = benchmark([heavy.onnx], devices=devices, per_layer=True, **FAST)
+    plain = benchmark([heavy.tflite], devices=devices[:1], **FAST)
+    out, _ = write_report(tmp_path / "report.html", results=results + plain)
+    page = out.read_text()
+    section = page[page.index('<section id="per-layer">'):]
+    cards = re.findall(r'<div class="pl-card" data-device="([^"]+)" data-artifact="([^"]+)"',
+                       section)
+    assert cards == [("board-a", "heavy.onnx"), ("board-b", "heavy.onnx")]  # no card without
+    shares = [float(s) for s in re.findall(r'data-share="([^"]+)"', section)]
+    top = per_layer_of(results[0].metrics)["op_types"][0]
+    assert f'data-op-type="{top["op_type"]}" data-share="{top["share"]!r}"' in section
+    assert all(0 <= s <= 1 for s in shares) and max(shares) > 0.5
