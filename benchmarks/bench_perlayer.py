@@ -101,6 +101,9 @@ def main() -> None:
         if pl.get("error"):
             raise SystemExit(f"{path.name}: {pl['error']}")
         top = pl["op_types"][0]
+        if "profiled_run_p50_ms" in pl:
+            log(f"  profiled run p50 {pl['profiled_run_p50_ms']:.4g} ms "
+                f"(whole-model p50 {pl['whole_model_p50_ms']:.4g} ms)")
         print(f"| {name} | {path.suffix[1:]} | {plain['latency_ms']['p50']:.4g} | {w1 / w0:.2f} "
               f"| {pl['wall_s']:.2f} "
               f"| {layered['latency_ms']['p50'] / plain['latency_ms']['p50']:.3f} "

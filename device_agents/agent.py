@@ -893,15 +893,18 @@ def _onnx_layer_times(model, raw, runs):
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
-        if not any(a <= e["ts"] <= b for a, b in timed):
+        run = [k for k, (a, b) in enumerate(timed) if a <= e["ts"] <= b]
+        if not run:
             continue
         args = e.get("args") or {}
-        name = e["name"][:-len("_kernel_time")]
-        node = nodes.setdefault(name, {"name": name, "op_type": args.get("op_name", "?"),
-                                       "provider": args.get("provider", "?"), "ms": []})
-        node["ms"].append(e["dur"] / 1e3)
+        name = e["name"][:-len("_kernel_time")] or args.get("op_name", "?")
+        # Keyed by the node's index: names may repeat (or be empty) after ORT's graph rewrites.
+        node = nodes.setdefault(args.get("node_index", name), {
+            "name": name, "op_type": args.get("op_name", "?"),
+            "provider": args.get("provider", "?"), "ms": [0.0] * len(timed)})
+        node["ms"][run[0]] += e["dur"] / 1e3
     for node in nodes.values():  # the median run of each node, as latency_ms reports p50
-        node["ms"] = sorted(node["ms"] + [0.0] * (len(timed) - len(node["ms"])))[len(timed) // 2]
+        node["ms"] = sorted(node["ms"])[len(timed) // 2]
     walls = sorted((b - a) / 1e3 for a, b in timed)
     return "onnxruntime-profiler", list(nodes.values()), {
         "runs": len(timed), "profiled_run_p50_ms": walls[len(walls) // 2]}
@@ -1006,8 +1009,9 @@ def _tflite_layer_times(model, raw, runs):
             skipped += 1
             continue
         times.append((k, sorted(samples)[len(samples) // 2] / 1e6))
-    nodes, start, prev, clipped = [], 0, 0.0, 0
-    for k, t in times:
+    fitted = _monotone([t for _, t in times])
+    nodes, start, prev = [], 0, 0.0
+    for (k, _), t in zip(times, fitted):
         span = ops[start:k]
         names = sorted(set(d["op_name"] for d in span))
         groups = sorted(set(owner[d["index"]] for d in span if d["index"] in owner))
@@ -1016,18 +1020,29 @@ def _tflite_layer_times(model, raw, runs):
                 else "ops %d-%d" % (start, k - 1),
                 "op_type": names[0] if len(names) == 1 else "mixed",
                 "provider": "builtin" if not delegated else "XNNPACK" if delegated == len(span)
-                else "XNNPACK+builtin", "ms": max(0.0, t - prev), "ops": k - start}
+                else "XNNPACK+builtin", "ms": t - prev, "ops": k - start}
         if groups:
             node["delegate_groups"] = ["DELEGATE#%d" % g for g in groups]
         if len(names) > 1:
             node["op_types"] = names
-        clipped += t < prev
         nodes.append(node)
-        start, prev = k, max(prev, t)
+        start, prev = k, t
     return "tflite-prefix-submodels", nodes, {
         "runs": runs, "segments": len(nodes), "ops": n, "unmeasured_cuts": skipped,
-        "negative_segments_clipped": clipped,
-        "delegate_groups": len(set(owner.values()))}
+        "pooled_segments": sum(1 for a, b in zip([0.0] + fitted, fitted) if b == a),
+        "delegate_groups": len(set(owner.values())), "profiled_run_p50_ms": times[-1][1]}
+
+
+def _monotone(values):
+    """The closest non-decreasing sequence (pool adjacent violators): a longer prefix cannot
+    take less time, so a dip is noise, averaged with its neighbours rather than clipped."""
+    blocks = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(c)]
 
 
 def per_layer(model, raw, runs, whole_p50_ms, top=PER_LAYER_TOP):

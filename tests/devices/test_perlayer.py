@@ -238,3 +238,25 @@ def test_report_shows_per_layer_bars_per_device_side_by_side(heavy, tmp_path):
     top = per_layer_of(results[0].metrics)["op_types"][0]
     assert f'data-op-type="{top["op_type"]}" data-share="{top["share"]!r}"' in section
     assert all(0 <= s <= 1 for s in shares) and max(shares) > 0.5
+
+
+def test_advise_names_the_op_type_that_takes_longest(heavy, tmp_path):
+    from edgekit.search.advice_text import per_layer_lines
+    from edgekit.search.advisor import AdviceRow, _fill_from_result
+
+    local = DeviceSpec(name="local", workdir=str(tmp_path / "w"))
+    rows = []
+    for path, recipe, fmt in ((heavy.onnx, "onnx-fp32", "onnx"),
+                              (heavy.tflite, "tflite-fp32", "tflite")):
+        [r] = benchmark([path], devices=[local], per_layer=True, **FAST)
+        row = AdviceRow(recipe, recipe, fmt, "fp32")
+        _fill_from_result(row, r)
+        rows.append(row)
+    plain = AdviceRow("tflite-int8", "tflite-int8", "tflite", "int8")
+    _fill_from_result(plain, benchmark([heavy.tflite], devices=[local], **FAST)[0])
+    [line] = per_layer_lines(rows + [plain], "local")
+    onnx_op, tfl_op = rows[0].top_op, rows[1].top_op
+    assert onnx_op[0] in ("MatMul", "Gemm") and tfl_op[0] == "FULLY_CONNECTED"
+    assert line.startswith(f"{onnx_op[0]} takes {100 * onnx_op[1]:.0f} % of onnx-fp32 on local; "
+                           f"FULLY_CONNECTED takes {100 * tfl_op[1]:.0f} % of tflite-fp32")
+    assert "tflite-int8" not in line and plain.top_op is None
