@@ -12,6 +12,9 @@ tflite_runtime, tensorflow.lite, onnxruntime). It never imports edgekit.
 ``run`` is a supervisor: the measurement happens in a fresh child process (forked) so that
 memory figures are clean, and so that a model that crashes the runtime, runs out of memory or hangs
 becomes an error document naming the signal, exit code and stderr tail instead of a lost run.
+
+``run --per-layer`` adds an optional ``per_layer`` object (its own ``version``; see ``per_layer``)
+measured in a short pass after everything else, so the plain figures are not disturbed.
 """
 
 from __future__ import annotations
@@ -857,6 +860,8 @@ def probe(cache_dir):
 PER_LAYER_VERSION = 1  # of the optional "per_layer" object in a run document
 PER_LAYER_TOP = 15  # nodes kept by name; the rest are summed into one "other" line
 PER_LAYER_MAX_CUTS = 64  # TFLite: at most this many truncated sub-models (consecutive ops grouped)
+# Both methods estimate each layer's undisturbed time; the gap to the whole-model p50 is the time
+# spent outside the layers (feeding, dispatch) plus the interference the p50 includes.
 
 
 def _profile_runs(runs):
@@ -864,7 +869,9 @@ def _profile_runs(runs):
 
 
 def _onnx_layer_times(model, raw, runs):
-    """ONNX Runtime's own profiler on a second session: mean kernel time per node and run."""
+    """ONNX Runtime's own profiler on a second session: each node's median kernel time over the
+    profiled runs (time the process was descheduled lands in random nodes: medians leave it out,
+    as the fastest prefix does for TFLite)."""
     import tempfile
 
     import onnxruntime as ort
@@ -966,9 +973,16 @@ def _tflite_layer_times(model, raw, runs):
                         "not supported")
     with open(model.path, "rb") as f:
         original = f.read()
-    ops_at, outs_at = _tflite_cut_points(original)
-    n = struct.unpack_from("<I", original, ops_at)[0]
-    ops = model._interp._get_ops_details()
+    try:
+        ops_at, outs_at = _tflite_cut_points(original)
+        n = struct.unpack_from("<I", original, ops_at)[0]
+    except (struct.error, TypeError) as e:
+        raise RunFailed("cannot read the operator list of %s: %s" % (model.path, e)) from e
+    details = getattr(model._interp, "_get_ops_details", None)
+    if details is None or n == 0:
+        raise RunFailed("%s %s lists no nodes of %s (per-layer timing needs its "
+                        "_get_ops_details)" % (model.runtime, model.runtime_version, model.path))
+    ops = details()
     owner = _tflite_groups(ops, n)
     cuts = sorted(set(int(round(n * (i + 1) / min(n, PER_LAYER_MAX_CUTS)))
                       for i in range(min(n, PER_LAYER_MAX_CUTS))))
@@ -1008,7 +1022,9 @@ def _tflite_layer_times(model, raw, runs):
             log.info("per-layer: the first %d ops do not run alone (%s); merged with the next", k, e)
             skipped += 1
             continue
-        times.append((k, sorted(samples)[len(samples) // 2] / 1e6))
+        # The fastest run: interference (other processes, a frequency dip) only adds time, and
+        # a difference of two noisy medians is mostly noise on a busy device.
+        times.append((k, min(samples) / 1e6))
     fitted = _monotone([t for _, t in times])
     nodes, start, prev = [], 0, 0.0
     for (k, _), t in zip(times, fitted):
