@@ -40,6 +40,12 @@ def print_per_layer(result) -> None:
         console.print(f"XNNPACK ran its ops in {doc['delegate_groups']} delegate group(s); each "
                       "op is timed on its own (layer names: op#index)", highlight=False,
                       markup=False)
+    for table in per_layer_tables(doc):
+        print_table(table)
+
+
+def per_layer_tables(doc: dict) -> list[FitTable]:
+    """The top layers table and the op types table of one ``per_layer`` document."""
     table = FitTable(title=f"top layers of {doc['node_count']}")
     for col in ("layer", "op type", "provider", "ms", "share"):
         table.add_column(col, wrap=col in ("layer", "op type"),
@@ -48,7 +54,7 @@ def print_per_layer(result) -> None:
         label = node["name"] + (f" ({node['count']} layers)" if node.get("count") else "")
         table.add_row(label, node["op_type"], _provider(node.get("provider", "")),
                       _ms(node["ms"]), _pct(node["share"]))
-    print_table(table)
+    tables = [table]
     table = FitTable(title="by op type")
     for col in ("op type", "layers", "provider", "ms", "share"):
         table.add_column(col, wrap=col == "op type",
@@ -62,7 +68,7 @@ def print_per_layer(result) -> None:
         rest = kinds[OP_TYPES_SHOWN:]
         table.add_row(f"{len(rest)} other types", str(sum(k["count"] for k in rest)), "",
                       _ms(sum(k["ms"] for k in rest)), _pct(sum(k["share"] for k in rest)))
-    print_table(table)
+    return tables + [table]
 
 
 def print_per_layer_deltas(deltas: list[LayerDelta], title: str) -> None:

@@ -4,6 +4,7 @@ real sshd; a trained digits model with one deliberately expensive layer shows it
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -16,10 +17,13 @@ import jsonschema
 import numpy as np
 import pytest
 from conftest_ssh import connect_options, ssh_device
+from rich.console import Console
 
 from device_agents.agent import load_model
 from edgekit.bench import benchmark
+from edgekit.cli.common import print_table
 from edgekit.cli.main import main
+from edgekit.cli.perlayer_table import per_layer_tables
 from edgekit.devices.spec import DeviceSpec
 from edgekit.perlayer import compare_per_layer, per_layer_of, top_op_type
 from edgekit.results import ResultStore
@@ -220,6 +224,11 @@ def test_cli_bench_per_layer_table_and_json(heavy, tmp_path, capsys, monkeypatch
     assert main(args + ["--json"]) == 0
     [doc] = json.loads(capsys.readouterr().out)
     assert doc["metrics"]["per_layer"]["method"] == "onnxruntime-profiler"
+    for table in per_layer_tables(doc["metrics"]["per_layer"]):  # an 80-column terminal
+        buf = io.StringIO()
+        print_table(table, Console(file=buf, width=80, force_terminal=True, color_system=None))
+        text = buf.getvalue()
+        assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
 
 
 def test_report_shows_per_layer_bars_per_device_side_by_side(heavy, tmp_path):
