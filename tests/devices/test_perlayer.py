@@ -151,7 +151,7 @@ def test_local_per_layer_puts_the_expensive_layer_on_top(heavy, tmp_path, fmt):
         assert top["provider"] == ("XNNPACK" if xnnpack else "builtin")
         assert bool(top.get("delegate_groups")) == xnnpack
         assert (pl["delegate_groups"] > 0) == xnnpack
-        assert pl["segments"] == pl["ops"] and pl["unmeasured_cuts"] == 0
+        assert pl["segments"] == pl["ops"] and pl["unmeasured_cuts"] == 0 and pl["runs"] == 10
     assert top["share"] > 0.5
     assert top_op_type(r.metrics)[0] == top["op_type"]
     jsonschema.validate(r.to_dict(), result_schema())
