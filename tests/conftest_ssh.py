@@ -195,7 +195,10 @@ def start_sshd(user_key: Path, alias: str = "edgebox", host_key: Path | None = N
         "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
         # The emulated board's `python3` is the interpreter running the tests (a venv's, with the
         # runtimes), as a user's board has its runtime on PATH: not root's login-shell python3.
-        f"SetEnv PATH={Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin\n")
+        # Root's ~/.bashrc, which bash reads for ssh commands, may put pyenv's shims first on
+        # PATH: PYENV_VERSION=system makes a shim run the next python3 on PATH (the venv's).
+        f"SetEnv PATH={Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin "
+        "PYENV_VERSION=system\n")
     log = open(folder / "sshd.log", "w")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=log,
                             stdin=subprocess.DEVNULL)

@@ -130,7 +130,7 @@ def test_probe_cpu_features_from_cpuinfo(monkeypatch):
     for text, expected in ((x86, ["sse4_2", "avx", "avx2", "fma"]),
                            (arm, ["asimd", "asimddp", "asimdhp", "fphp"]), ("", [])):
         monkeypatch.setattr(agent_mod, "_read", lambda path, t=text: t)
-        assert agent_mod._cpu_features() == expected
+        assert agent_mod.cpu_features() == expected
 
 
 @pytest.mark.parametrize("fmt", ["tflite_int8", "onnx_fp32"])

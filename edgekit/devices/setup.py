@@ -50,6 +50,19 @@ _FINISH_VENV = (
     "if old: shutil.rmtree(old,ignore_errors=True)\n"
 )
 _REMOVE_TREE = "import shutil,sys\nshutil.rmtree(sys.argv[1],ignore_errors=True)\n"
+# Runs on the device's base Python. `venv --system-site-packages` made from an interpreter that is
+# itself a venv sees that venv's *base* site-packages, not the venv's own, which hold the runtimes:
+# list the venv's site-packages in a .pth of the new venv, after its own (the pushed wheels win).
+_SEE_BASE_VENV = (
+    "import os,site,subprocess,sys\n"
+    "if sys.prefix!=sys.base_prefix:\n"
+    "    dirs=[p for p in site.getsitepackages() if os.path.isdir(p)]\n"
+    "    py=os.path.join(sys.argv[1],'bin','python')\n"
+    "    lib=subprocess.check_output([py,'-c','import sysconfig;print(sysconfig.get_paths()[\"purelib\"])'],"
+    "universal_newlines=True).strip()\n"
+    "    with open(os.path.join(lib,'_edgekit_base_venv.pth'),'w') as f:\n"
+    "        f.write('\\n'.join(dirs)+'\\n')\n"
+)
 
 _LEGACY_MANYLINUX = {"x86_64": ("manylinux2014", "manylinux2010", "manylinux1"),
                      "aarch64": ("manylinux2014",), "armv7l": ("manylinux2014",)}
@@ -228,6 +241,10 @@ def _build_venv(device: Device, base_python: str, venv: str, remote: list, n_whe
         raise DeviceError(f"{device.name}: `{base_python} -m venv` failed (exit {res.code}): "
                           f"{res.stderr.strip()[-300:]}; on Debian/Raspberry Pi OS install "
                           "python3-venv first")
+    res = device.transport.run([base_python, "-c", _SEE_BASE_VENV, venv], timeout=300)
+    if not res.ok:
+        raise DeviceError(f"{device.name}: could not give the venv {base_python}'s packages "
+                          f"(exit {res.code}): {res.stderr.strip()[-300:]}")
     say("installing")
     vpy = posixpath.join(venv, "bin", "python")
     # --ignore-installed: the venv sees system packages, but must use exactly the pushed wheels.
