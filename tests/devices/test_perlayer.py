@@ -269,3 +269,21 @@ def test_advise_names_the_op_type_that_takes_longest(heavy, tmp_path):
     assert line.startswith(f"{onnx_op[0]} takes {100 * onnx_op[1]:.0f} % of onnx-fp32 on local; "
                            f"FULLY_CONNECTED takes {100 * tfl_op[1]:.0f} % of tflite-fp32")
     assert "tflite-int8" not in line and plain.top_op is None
+
+
+def test_a_per_layer_version_this_host_does_not_read_is_named_not_shown(heavy, tmp_path,
+                                                                          capsys):
+    from edgekit.cli.perlayer_table import print_per_layer
+    from edgekit.perlayer import per_layer_error
+
+    [r] = benchmark([heavy.onnx], devices=[DeviceSpec(name="local", workdir=str(tmp_path))],
+                    per_layer=True, **FAST)
+    assert per_layer_error(r.metrics) is None
+    r.metrics["per_layer"]["version"] = 99  # as a newer agent would write it
+    assert per_layer_of(r.metrics) is None and top_op_type(r.metrics) is None
+    assert "upgrade edgekit" in per_layer_error(r.metrics)
+    assert compare_per_layer(r.metrics, r.metrics) is None
+    capsys.readouterr()
+    print_per_layer(r)
+    err = capsys.readouterr().err
+    assert "no figures" in err and "version 99" in err and "top layers" not in err
