@@ -31,7 +31,11 @@ from edgekit.results import ResultStore
 DOC = Path(__file__).resolve().parents[2] / "docs" / "results-schema.md"
 FAST = {"runs": 30, "warmup": 3}
 HEAVY_UNITS = 4096  # the added Dense: 512 x 4096 MACs against the digits CNN's ~20k
-MAX_GAP_PCT = 50.0  # per-layer sum vs the whole-model p50 for the heavy model (measured: < 15 %)
+# The heavy model's per-layer sum: against the whole model timed in the same pass (the method's
+# own error) and, looser, against the p50 of the timed runs before it (which a busy host moves:
+# measured < 15 % on a quiet one, up to 53 % on this shared 2-core host).
+MAX_PASS_RATIO = 1.5
+MAX_GAP_PCT = 100.0
 DOC_BYTES = 12_000  # the per_layer object of a model of hundreds of nodes stays below this
 
 
@@ -138,6 +142,7 @@ def test_local_per_layer_puts_the_expensive_layer_on_top(heavy, tmp_path, fmt):
     check_document(r.metrics)
     pl = r.metrics["per_layer"]
     assert abs(pl["gap_pct"]) < MAX_GAP_PCT, pl
+    assert 1 / MAX_PASS_RATIO < pl["total_ms"] / pl["profiled_run_p50_ms"] < MAX_PASS_RATIO, pl
     top = pl["nodes"][0]
     if fmt == "onnx":
         assert pl["method"] == "onnxruntime-profiler" and "heavy" in top["name"]
