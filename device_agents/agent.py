@@ -12,6 +12,9 @@ tflite_runtime, tensorflow.lite, onnxruntime). It never imports edgekit.
 ``run`` is a supervisor: the measurement happens in a fresh child process (forked) so that
 memory figures are clean, and so that a model that crashes the runtime, runs out of memory or hangs
 becomes an error document naming the signal, exit code and stderr tail instead of a lost run.
+
+``run --per-layer`` adds an optional ``per_layer`` object (its own ``version``; see ``per_layer``)
+measured in a short pass after everything else, so the plain figures are not disturbed.
 """
 
 from __future__ import annotations
@@ -471,12 +474,8 @@ class _OnnxModel(LoadedModel):
         if opt_level not in ORT_OPT_LEVELS:
             raise AgentModelError("ORT graph optimization level %r is not one of %s"
                                   % (opt_level, ", ".join(ORT_OPT_LEVELS)))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                _ORT_LEVEL_ATTRS[opt_level])
+        self._opt_level = opt_level
+        opts = self.session_options(ort, threads)
         try:
             self._sess = ort.InferenceSession(path, sess_options=opts,
                                               providers=["CPUExecutionProvider"])
@@ -495,6 +494,16 @@ class _OnnxModel(LoadedModel):
         names = dict((getattr(ort.GraphOptimizationLevel, a), n)
                      for n, a in _ORT_LEVEL_ATTRS.items())
         self.runtime_settings = {"ort_opt_level": names.get(used, str(used))}
+
+    def session_options(self, ort, threads=None):
+        """SessionOptions as this model was loaded with (the per-layer pass adds profiling)."""
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                _ORT_LEVEL_ATTRS[self._opt_level])
+        return opts
 
     def _run(self, feeds):
         feed = {s["name"]: np.ascontiguousarray(f, dtype=s["dtype"])
@@ -845,6 +854,264 @@ def probe(cache_dir):
 
 
 # ----------------------------------------------------------------------------------------------
+# Per-layer latency (`run --per-layer`): a short separate pass after the timed runs
+# ----------------------------------------------------------------------------------------------
+
+PER_LAYER_VERSION = 1  # of the optional "per_layer" object in a run document
+PER_LAYER_TOP = 15  # nodes kept by name; the rest are summed into one "other" line
+PER_LAYER_MAX_CUTS = 64  # TFLite: at most this many truncated sub-models (consecutive ops grouped)
+# Both methods estimate each layer's undisturbed time; the gap to the whole-model p50 is the time
+# spent outside the layers (feeding, dispatch) plus the interference the p50 includes.
+
+
+def _profile_runs(runs):
+    return max(3, min(int(runs), 20))
+
+
+def _onnx_layer_times(model, raw, runs):
+    """ONNX Runtime's own profiler on a second session: each node's median kernel time over the
+    profiled runs (time the process was descheduled lands in random nodes: medians leave it out,
+    as the fastest prefix does for TFLite)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    folder = tempfile.mkdtemp(prefix="edgekit-prof-")
+    try:
+        opts = model.session_options(ort)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(folder, "ort")
+        sess = ort.InferenceSession(model.path, sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+        feed = {s["name"]: np.ascontiguousarray(f, dtype=s["dtype"])
+                for s, f in zip(model.inputs, raw)}
+        warm = 2
+        for _ in range(warm + runs):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    timed = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("cat") == "Session" and e.get("name") == "model_run")[warm:]
+    if not timed:
+        raise RunFailed("onnxruntime's profile of %s has no model_run events" % model.path)
+    nodes = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        run = [k for k, (a, b) in enumerate(timed) if a <= e["ts"] <= b]
+        if not run:
+            continue
+        args = e.get("args") or {}
+        name = e["name"][:-len("_kernel_time")] or args.get("op_name", "?")
+        # Keyed by the node's index: names may repeat (or be empty) after ORT's graph rewrites.
+        node = nodes.setdefault(args.get("node_index", name), {
+            "name": name, "op_type": args.get("op_name", "?"),
+            "provider": args.get("provider", "?"), "ms": [0.0] * len(timed)})
+        node["ms"][run[0]] += e["dur"] / 1e3
+    for node in nodes.values():  # the median run of each node, as latency_ms reports p50
+        node["ms"] = sorted(node["ms"])[len(timed) // 2]
+    walls = sorted((b - a) / 1e3 for a, b in timed)
+    return "onnxruntime-profiler", list(nodes.values()), {
+        "runs": len(timed), "profiled_run_p50_ms": walls[len(walls) // 2]}
+
+
+def _fb_table(buf, pos, field):
+    """Absolute position of a flatbuffer table's offset-typed field (None if absent)."""
+    import struct
+
+    vtable = pos - struct.unpack_from("<i", buf, pos)[0]
+    vsize = struct.unpack_from("<H", buf, vtable)[0]
+    if 4 + 2 * field >= vsize:
+        return None
+    off = struct.unpack_from("<H", buf, vtable + 4 + 2 * field)[0]
+    if not off:
+        return None
+    return pos + off + struct.unpack_from("<I", buf, pos + off)[0]
+
+
+def _tflite_cut_points(buf):
+    """(position of the main subgraph's operators vector, of its outputs vector) in the file."""
+    import struct
+
+    root = struct.unpack_from("<I", buf, 0)[0]
+    subgraphs = _fb_table(buf, root, 2)
+    first = subgraphs + 4 + struct.unpack_from("<I", buf, subgraphs + 4)[0]
+    return _fb_table(buf, first, 3), _fb_table(buf, first, 2)
+
+
+def _tflite_groups(ops, n):
+    """{node index: delegate node index} for the original nodes a delegate (XNNPACK) took over:
+    walk back from each DELEGATE node's outputs to its inputs."""
+    producer = {}
+    for d in ops[:n]:
+        for t in d["outputs"]:
+            producer[int(t)] = d["index"]
+    owner = {}
+    for d in ops[n:]:
+        if d["op_name"] != "DELEGATE":
+            continue
+        stop, todo = set(int(t) for t in d["inputs"]), [int(t) for t in d["outputs"]]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is None or node in owner:
+                continue
+            owner[node] = d["index"]
+            todo += [int(t) for t in ops[node]["inputs"] if int(t) not in stop and t >= 0]
+    return owner
+
+
+def _tflite_layer_times(model, raw, runs):
+    """Truncated sub-models: the first k operators of the main subgraph, k at up to
+    PER_LAYER_MAX_CUTS cut points, each timed like the model; a segment's time is the difference
+    of consecutive prefixes (LiteRT's Python API has no per-op profiler)."""
+    import struct
+
+    if model._runner is not None:
+        raise RunFailed("per-layer timing of a model whose signature runs another subgraph is "
+                        "not supported")
+    with open(model.path, "rb") as f:
+        original = f.read()
+    try:
+        ops_at, outs_at = _tflite_cut_points(original)
+        n = struct.unpack_from("<I", original, ops_at)[0]
+    except (struct.error, TypeError) as e:
+        raise RunFailed("cannot read the operator list of %s: %s" % (model.path, e)) from e
+    details = getattr(model._interp, "_get_ops_details", None)
+    if details is None or n == 0:
+        raise RunFailed("%s %s lists no nodes of %s (per-layer timing needs its "
+                        "_get_ops_details)" % (model.runtime, model.runtime_version, model.path))
+    ops = details()
+    owner = _tflite_groups(ops, n)
+    cuts = sorted(set(int(round(n * (i + 1) / min(n, PER_LAYER_MAX_CUTS)))
+                      for i in range(min(n, PER_LAYER_MAX_CUTS))))
+    kwargs = {}
+    if not model.runtime_settings.get("xnnpack", True):
+        kwargs["experimental_op_resolver_type"] = _op_resolver_without_delegates(model.runtime)
+    Interpreter = _tflite_interpreter_class(model.runtime)
+    feeds = [np.ascontiguousarray(f, dtype=s["dtype"]) for f, s in zip(raw, model.inputs)]
+    clock, times, skipped = time.perf_counter_ns, [], 0
+    for k in cuts:
+        buf = bytearray(original)
+        outs = [int(t) for t in ops[k - 1]["outputs"] if t >= 0]
+        if k < n:
+            if not outs:
+                skipped += 1
+                continue
+            struct.pack_into("<I", buf, ops_at, k)
+            struct.pack_into("<II", buf, outs_at, 1, outs[0])
+        try:
+            interp = Interpreter(model_content=bytes(buf), num_threads=model.threads, **kwargs)
+            for idx, x in zip(model._in_idx, feeds):
+                interp.resize_tensor_input(idx, list(x.shape), strict=False)
+            interp.allocate_tensors()
+            for idx, x in zip(model._in_idx, feeds):
+                interp.set_tensor(idx, x)
+            for _ in range(2):
+                interp.invoke()
+            samples = []
+            for _ in range(runs):
+                t0 = clock()
+                interp.invoke()
+                samples.append(clock() - t0)
+        except (ValueError, RuntimeError) as e:
+            if k == n:
+                raise RunFailed("%s: the whole model failed in the per-layer pass: %s"
+                                % (model.path, e)) from e
+            log.info("per-layer: the first %d ops do not run alone (%s); merged with the next", k, e)
+            skipped += 1
+            continue
+        # The fastest run: interference (other processes, a frequency dip) only adds time, and
+        # a difference of two noisy medians is mostly noise on a busy device.
+        times.append((k, min(samples) / 1e6))
+    fitted = _monotone([t for _, t in times])
+    nodes, start, prev = [], 0, 0.0
+    for (k, _), t in zip(times, fitted):
+        span = ops[start:k]
+        names = sorted(set(d["op_name"] for d in span))
+        groups = sorted(set(owner[d["index"]] for d in span if d["index"] in owner))
+        delegated = sum(1 for d in span if d["index"] in owner)
+        node = {"name": span[0]["op_name"] + "#%d" % start if k - start == 1
+                else "ops %d-%d" % (start, k - 1),
+                "op_type": names[0] if len(names) == 1 else "mixed",
+                "provider": "builtin" if not delegated else "XNNPACK" if delegated == len(span)
+                else "XNNPACK+builtin", "ms": t - prev, "ops": k - start}
+        if groups:
+            node["delegate_groups"] = ["DELEGATE#%d" % g for g in groups]
+        if len(names) > 1:
+            node["op_types"] = names
+        nodes.append(node)
+        start, prev = k, t
+    return "tflite-prefix-submodels", nodes, {
+        "runs": runs, "segments": len(nodes), "ops": n, "unmeasured_cuts": skipped,
+        "pooled_segments": sum(1 for a, b in zip([0.0] + fitted, fitted) if b == a),
+        "delegate_groups": len(set(owner.values())), "profiled_run_p50_ms": times[-1][1]}
+
+
+def _monotone(values):
+    """The closest non-decreasing sequence (pool adjacent violators): a longer prefix cannot
+    take less time, so a dip is noise, averaged with its neighbours rather than clipped."""
+    blocks = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(c)]
+
+
+def per_layer(model, raw, runs, whole_p50_ms, top=PER_LAYER_TOP):
+    """Per-layer latency of ``model`` on ``raw`` feeds, summarised for the run document.
+
+    Returns:
+        {"version", "method", "unit", "total_ms", "whole_model_p50_ms", "gap_pct", "node_count",
+        "nodes": top nodes + "other", "op_types", ...method facts}; or {"version", "error"} when
+        the runtime cannot give per-layer times (the run itself still counts).
+    """
+    t0 = time.time()
+    runs = _profile_runs(runs)
+    try:
+        if model.runtime == "onnxruntime":
+            method, nodes, facts = _onnx_layer_times(model, raw, runs)
+        else:
+            # One interpreter per cut: fewer runs each (their fastest is the figure) keep the
+            # pass within ~10x a plain run on MobileNetV2-sized models.
+            method, nodes, facts = _tflite_layer_times(model, raw, min(runs, 10))
+    except (RunFailed, AgentModelError, OSError, ValueError, KeyError, RuntimeError) as e:
+        return {"version": PER_LAYER_VERSION, "error": "%s: %s" % (type(e).__name__, e)}
+    total = sum(d["ms"] for d in nodes)
+    share = (lambda ms: ms / total) if total > 0 else (lambda ms: 0.0)
+    kinds = {}
+    for d in nodes:
+        d["name"] = d["name"][:96]
+        d["share"] = share(d["ms"])
+        k = kinds.setdefault(d["op_type"], {"op_type": d["op_type"], "ms": 0.0, "count": 0,
+                                            "providers": []})
+        k["ms"] += d["ms"]
+        k["count"] += 1
+        if d["provider"] not in k["providers"]:
+            k["providers"].append(d["provider"])
+    ranked = sorted(nodes, key=lambda d: -d["ms"])
+    kept, rest = ranked[:top], ranked[top:]
+    if rest:
+        ms = sum(d["ms"] for d in rest)
+        kept.append({"name": "other", "op_type": "other", "provider": "", "ms": ms,
+                     "share": share(ms), "count": len(rest)})
+    kinds = sorted(kinds.values(), key=lambda k: -k["ms"])
+    for d in kept + kinds:
+        d["share"] = round(share(d["ms"]), 4)
+        d["ms"] = round(d["ms"], 4)
+    doc = {"version": PER_LAYER_VERSION, "method": method, "unit": "ms", "total_ms": total,
+           "whole_model_p50_ms": whole_p50_ms,
+           "gap_pct": 100.0 * (total - whole_p50_ms) / whole_p50_ms if whole_p50_ms else None,
+           "node_count": len(nodes), "nodes": kept, "op_types": kinds[:40]}
+    doc.update(facts)
+    doc["wall_s"] = time.time() - t0
+    return doc
+
+
+# ----------------------------------------------------------------------------------------------
 # Measurement (runs in the fresh child process)
 # ----------------------------------------------------------------------------------------------
 
@@ -987,7 +1254,11 @@ def measure(args):
             accuracy = {"samples": int(n), "top1": float(np.mean(pred == y[:n]))}
         if args.reference:
             agreement = _agreement(outs, np.load(args.reference, allow_pickle=False), model)
-    return {
+    latency = _stats(samples)
+    extra = {}
+    if getattr(args, "per_layer", False):  # after everything else, so nothing above is disturbed
+        extra["per_layer"] = per_layer(model, raw, args.runs, latency["p50"], args.per_layer_top)
+    return dict({
         "protocol": PROTOCOL_VERSION, "kind": "run", "ok": True, "agent_version": AGENT_VERSION,
         "model": {"path": args.model, "bytes": os.path.getsize(args.model)},
         "runtime": model.runtime, "runtime_version": model.runtime_version,
@@ -995,7 +1266,7 @@ def measure(args):
         "runtime_settings": model.runtime_settings,
         "inputs": model.inputs, "outputs": model.outputs, "input_source": input_source,
         "init_ms": init_ms, "first_inference_ms": first_ms, "warmup": args.warmup,
-        "latency_ms": _stats(samples),
+        "latency_ms": latency,
         "memory": {"peak_rss_bytes": peak,
                    "model_rss_delta_bytes": (rss_after - rss_before)
                    if rss_after is not None and rss_before is not None else None},
@@ -1004,7 +1275,7 @@ def measure(args):
                    "after": {"temperatures_c": temperatures(), "frequencies": frequencies()}},
         "python": platform.python_version(), "started_at": t_start, "wall_s": time.time() - t_start,
         "emulation": emulation(),  # emulated latencies are not the board's: say so in the run
-    }
+    }, **extra)
 
 
 def sha256_of(path):
@@ -1247,6 +1518,10 @@ def _parser():
                        help="ONNX Runtime's graph optimization level")
         r.add_argument("--eval", default=None, help=".npz with x (+ y) or arrays per input name")
         r.add_argument("--reference", default=None, help=".npz of reference outputs")
+        r.add_argument("--per-layer", action="store_true",
+                       help="after the timed runs, time each layer in a short separate pass")
+        r.add_argument("--per-layer-top", type=int, default=PER_LAYER_TOP,
+                       help="layers kept by name in the document (the rest: one 'other' line)")
         r.add_argument("--timeout", type=float, default=900.0)
         r.add_argument("--memory-limit-mb", type=int, default=None,
                        help="cap the measuring process's address space (RLIMIT_AS)")

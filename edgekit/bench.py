@@ -31,8 +31,8 @@ BenchProgress = Callable[[str, str, int, int], None]
 @dataclass(frozen=True)
 class BenchOptions(RunSettings):
     """How each artifact is measured (the ``RunSettings`` of every agent run: runs, warmup,
-    threads, runtime, timeout, memory_limit_mb, xnnpack, ort_opt_level), with the data it is
-    measured on and how many devices run at once.
+    threads, runtime, timeout, memory_limit_mb, xnnpack, ort_opt_level, per_layer), with the
+    data it is measured on and how many devices run at once.
 
     Attributes:
         eval: .npz with ``x`` (+ ``y`` labels) or arrays per input name: accuracy, and the

@@ -44,10 +44,12 @@ class NoRecipeFits(EdgekitError):
               help="Timed inferences per recipe on the device.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runtime threads on the device.")
+@click.option("--per-layer", is_flag=True,
+              help="Also time each layer on the device: the advice names where the time goes.")
 @connection_options
 @json_option
 def advise_cmd(model, device, calibration, eval_, max_accuracy_drop, objective, latency_budget_ms,
-               recipes, input_shapes, out, runs, threads, inventory, ssh_config, known_hosts,
+               recipes, input_shapes, out, runs, threads, per_layer, inventory, ssh_config, known_hosts,
                trust_new_host, connect_timeout, as_json):
     """Build fp32/fp16/dynamic/int8 recipes of MODEL for every runtime, measure them on --device,
     rank those within --max-accuracy-drop by --objective, and explain which to ship and why."""
@@ -63,7 +65,8 @@ def advise_cmd(model, device, calibration, eval_, max_accuracy_drop, objective, 
                         inventory=inventory_path(inventory), recipes=list(recipes) or None,
                         options=ConvertOptions(input_shapes=parse_input_shapes(input_shapes)),
                         latency_budget_ms=latency_budget_ms,
-                        progress=lambda msg: status.update(f"advise: {msg}"))
+                        progress=lambda msg: status.update(f"advise: {msg}"),
+                        per_layer=per_layer)
     if as_json:
         emit_json(advice.to_dict())
     else:

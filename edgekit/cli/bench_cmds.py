@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgekit.bench import BenchOptions, benchmark
 from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
 from edgekit.cli.device_cmds import connection_options, inventory_path, make_connect
+from edgekit.cli.perlayer_table import print_per_layer
 from edgekit.devices.device import ORT_OPT_LEVELS
 from edgekit.errors import EdgekitError
 from edgekit.results import DEFAULT_DB, mask
@@ -52,12 +53,14 @@ class BenchFailed(EdgekitError):
               help="ONNX Runtime's graph optimization level.")
 @click.option("--parallel", type=int, default=BenchOptions.parallel, show_default=True,
               help="Devices benchmarked at once.")
+@click.option("--per-layer", is_flag=True,
+              help="Also time each layer on the device (a short pass after the timed runs).")
 @db_option
 @connection_options
 @json_option
 def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, reference, host_reference,
-          timeout, memory_limit_mb, xnnpack, ort_opt_level, parallel, db, inventory, ssh_config, known_hosts,
-          trust_new_host, connect_timeout, as_json):
+          timeout, memory_limit_mb, xnnpack, ort_opt_level, parallel, per_layer, db, inventory,
+          ssh_config, known_hosts, trust_new_host, connect_timeout, as_json):
     """Benchmark ARTIFACTS (a build folder with manifest.json, or .tflite/.onnx/.ort files) on
     every --device; results go to the database and are printed.
     """
@@ -65,7 +68,7 @@ def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, referen
                            eval=eval_path, reference=reference, host_reference=host_reference,
                            timeout=timeout, memory_limit_mb=memory_limit_mb,
                            xnnpack=xnnpack == "on", ort_opt_level=ort_opt_level,
-                           parallel=parallel)
+                           parallel=parallel, per_layer=per_layer)
     connect = make_connect(ssh_config, known_hosts, trust_new_host, connect_timeout)
     lock = threading.Lock()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -87,6 +90,9 @@ def bench(artifacts, devices, runs, warmup, threads, runtime, eval_path, referen
         emit_json([r.to_dict() for r in results])
     else:
         _print_results(results, f"results (stored in {mask(db)})")
+        for r in results if per_layer else ():
+            if r.ok:
+                print_per_layer(r)
     failed = [r for r in results if r.failed]
     if failed:
         raise BenchFailed(f"{len(failed)} of {len(results)} runs failed; first: "

@@ -9,7 +9,9 @@ import click
 
 from edgekit.cli.bench_cmds import BenchFailed, _g, _print_results, db_option
 from edgekit.cli.common import FitTable, console, emit_json, json_option, print_table
+from edgekit.cli.perlayer_table import print_per_layer, print_per_layer_deltas
 from edgekit.errors import EdgekitError
+from edgekit.perlayer import compare_per_layer
 from edgekit.results import (
     ResultStore,
     compare,
@@ -83,6 +85,8 @@ def show_cmd(result_id, db, as_json):
                                          or "no thermal zones"))
     console.print(f"device {r.device}; artifact sha256 {r.artifact.get('sha256')}; settings "
                   f"{r.settings}; {r.started_at} .. {r.finished_at}; uid {r.uid}")
+    if r.ok:
+        print_per_layer(r)
 
 
 @results.command("compare")
@@ -94,9 +98,12 @@ def show_cmd(result_id, db, as_json):
 def compare_cmd(base_id, new_id, fail_on_regression, db, as_json):
     """Compare NEW_ID against BASE_ID; flags regressions beyond the runs' own noise."""
     with ResultStore(db, create=False) as store:
-        cmp = compare(store.get(base_id), store.get(new_id))
+        base, new = store.get(base_id), store.get(new_id)
+    cmp = compare(base, new)
+    layers = compare_per_layer(base.metrics, new.metrics)
     if as_json:
-        emit_json(cmp.to_dict())
+        emit_json(dict(cmp.to_dict(), **({"per_layer": [d.to_dict() for d in layers]}
+                                         if layers else {})))
     else:
         table = FitTable(title=f"result {new_id} vs {base_id}")
         for col in ("metric", "base", "new", "delta", "noise band", "verdict"):
@@ -106,6 +113,8 @@ def compare_cmd(base_id, new_id, fail_on_regression, db, as_json):
             verdict = f"[{color}]{m.verdict}[/{color}]" if color else m.verdict
             table.add_row(m.name, _g(m.base), _g(m.new), _g(m.delta), _g(m.threshold), verdict)
         print_table(table)
+        if layers:
+            print_per_layer_deltas(layers, f"per-layer by op type, result {new_id} vs {base_id}")
         if not cmp.same_artifact or not cmp.same_device:
             console.print("note: different " + " and ".join(
                 w for w, same in (("artifacts", cmp.same_artifact), ("devices", cmp.same_device))

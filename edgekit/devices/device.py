@@ -74,6 +74,8 @@ class RunSettings:
             built-in kernels only). ONNX artifacts ignore it.
         ort_opt_level: ONNX Runtime's graph optimization level (``ORT_OPT_LEVELS``). TFLite
             artifacts ignore it.
+        per_layer: after the timed runs, time each layer in a short separate pass; the run
+            document then carries ``per_layer`` (see docs/results-schema.md).
     """
 
     runs: int = 100
@@ -84,6 +86,7 @@ class RunSettings:
     memory_limit_mb: Optional[int] = None
     xnnpack: bool = True
     ort_opt_level: str = "all"
+    per_layer: bool = False
 
 
 def open_transport(spec: DeviceSpec, options: Optional[ConnectOptions] = None) -> Transport:
@@ -387,6 +390,8 @@ class Device:
             argv += ["--xnnpack", "off"]
         if settings.ort_opt_level != "all":
             argv += ["--ort-opt-level", settings.ort_opt_level]
+        if settings.per_layer:
+            argv += ["--per-layer"]
         if eval_path:
             argv += ["--eval", eval_path]
         if reference_path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from edgekit.errors import InputError
+from edgekit.perlayer import per_layer_of
 from edgekit.results import Result, ResultStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class ArtifactRow:
         accuracy_delta: accuracy minus the baseline's, in fractions (None when either is unknown).
         speedup: baseline p50 / this p50 (> 1 is faster).
         size_ratio: bytes / baseline bytes.
+        per_layer: the run's per-layer summary when measured with ``--per-layer`` (method,
+            total_ms, whole_model_p50_ms, gap_pct, op_types), else None.
     """
 
     result_id: Optional[int]
@@ -65,6 +68,7 @@ class ArtifactRow:
     accuracy_delta: Optional[float] = None
     speedup: Optional[float] = None
     size_ratio: Optional[float] = None
+    per_layer: Optional[dict] = None
 
     @property
     def label(self) -> str:
@@ -205,7 +209,16 @@ def _row(r: Result) -> ArtifactRow:
         peak_rss_bytes=mem.get("peak_rss_bytes"), model_rss_delta_bytes=mem.get("model_rss_delta_bytes"),
         init_ms=m.get("init_ms"), accuracy=acc.get("top1"), accuracy_samples=acc.get("samples"),
         fidelity=art.get("fidelity"),
-        runtime=f"{m.get('runtime', '')} {m.get('runtime_version', '')}".strip())
+        runtime=f"{m.get('runtime', '')} {m.get('runtime_version', '')}".strip(),
+        per_layer=_per_layer_summary(m))
+
+
+def _per_layer_summary(metrics: dict) -> Optional[dict]:
+    doc = per_layer_of(metrics)
+    if doc is None:
+        return None
+    return {k: doc.get(k) for k in ("method", "total_ms", "whole_model_p50_ms", "gap_pct",
+                                    "op_types")}
 
 
 def _add_deltas(rows: list[ArtifactRow]) -> None:

@@ -19,6 +19,8 @@ from typing import Callable, Optional
 from edgekit.fidelity.tasks import metric_text
 from edgekit.report import plots
 from edgekit.report.data import ArtifactRow, DeviceReport, ReportData
+from edgekit.report.perlayer_html import CSS as PER_LAYER_CSS
+from edgekit.report.perlayer_html import per_layer_section
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;
@@ -225,9 +227,10 @@ def render_html(data: ReportData, title: str = "edgekit benchmark report") -> st
         # No network: forbid every fetch except inline styles/scripts and data: images.
         ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
          "img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"),
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}{PER_LAYER_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="muted">from {html.escape(", ".join(data.sources))} · devices: {nav}</p>',
         *(_device_section(d, slugs[d.device]) for d in data.devices),
+        per_layer_section(data),
         f'<script type="application/json" id="edgekit-report-data">{embedded}</script>',
         f"<script>{_JS}</script>", "</body></html>", ""])

@@ -44,10 +44,22 @@ def advice_lines(rows, best, info, *, objective: str, max_accuracy_drop: float, 
     lines += _per_runtime(rows)
     lines += _drift(rows)
     lines += _explanations(rows, cpu, by)
+    lines += per_layer_lines(rows, device)
     lines += setting_lines(rows, cpu)
     lines += _misses(rows, model, max_accuracy_drop, device)
     lines += _next_steps(rows, best, model, objective, latency_budget_ms)
     return lines
+
+
+def per_layer_lines(rows, device: str) -> list[str]:
+    """Where the time goes, from the device's per-layer figures (``advise --per-layer``):
+    "Conv takes 38 % of onnx-int8 on pi4", one line for every recipe that has them."""
+    parts = [f"{r.top_op[0]} takes {100 * r.top_op[1]:.0f} % of {r.recipe}"
+             for r in rows if r.ran and r.top_op]
+    if not parts:
+        return []
+    return [parts[0] + f" on {device}" + "".join(f"; {p}" for p in parts[1:])
+            + " (per-layer times on the device: `edgekit bench --per-layer` shows every layer)."]
 
 
 def ratio_text(ratio: Optional[float]) -> str:

@@ -23,6 +23,7 @@ from edgekit.envelope import wrap
 from edgekit.errors import ConversionError, InputError, ModelLoadError
 from edgekit.fidelity.tasks import metric_text
 from edgekit.gate import QUANTIZED
+from edgekit.perlayer import top_op_type
 from edgekit.search.settings import OBJECTIVES, RESULTS_DB
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class AdviceRow:
         trial_p50_ms: set when ``p50_ms`` (and ``latency_ratio``) come from a side-by-side
             re-measurement (``optimize``'s finalists): the p50 of its trials, which comparisons
             with rows not re-measured use.
+        top_op: with ``per_layer``: ``[op type, share of the per-layer total, method]`` of the
+            op type that took longest on the device.
     """
 
     recipe: str
@@ -138,6 +141,7 @@ class AdviceRow:
     note: str = ""
     variant: Optional[dict] = None
     trial_p50_ms: Optional[float] = None
+    top_op: Optional[list] = None
     layout: Optional[str] = None
 
     @property
@@ -197,7 +201,7 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
            objective: str = "latency", out=None, runs: int = 50, threads: int = 1,
            connect=None, inventory=None, recipes: Optional[Sequence[str]] = None,
            options: Optional[ConvertOptions] = None, latency_budget_ms: Optional[float] = None,
-           progress: Optional[Callable[[str], None]] = None) -> Advice:
+           progress: Optional[Callable[[str], None]] = None, per_layer: bool = False) -> Advice:
     """Build every cheap recipe for ``model``, measure each on ``device``, rank and explain.
 
     Args:
@@ -215,6 +219,8 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
         options: base ``ConvertOptions`` (input shapes, calibration method...).
         latency_budget_ms: a p50 the model must reach; the advice says how far off the best is.
         progress: called with one line per step.
+        per_layer: also time each layer on the device (``bench --per-layer``); the advice names
+            the op type that takes longest in each recipe.
 
     Returns:
         Advice; failed builds, gate misses and failed runs are rows, not exceptions.
@@ -295,7 +301,8 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
         settings = dict(devices=[spec], connect=connect, runs=runs,
                         warmup=max(2, min(10, runs // 5)), threads=threads, eval=bench_eval,
                         host_reference=spec.name != "local",  # on `local` the host is the device
-                        progress=lambda dev, msg, done, total: tell(f"{dev}: {msg}"))
+                        progress=lambda dev, msg, done, total: tell(f"{dev}: {msg}"),
+                        per_layer=per_layer)
         with ResultStore(out / RESULTS_DB) as store:
             results = benchmark([a for _, a in built], store=store, **settings)
             for (name, _), res in zip(built, results, strict=True):
@@ -362,6 +369,9 @@ def _fill_from_result(row: AdviceRow, res) -> None:
         row.accuracy, row.accuracy_source = float(top1), "device"
     if row.accuracy is not None and row.source_accuracy is not None:
         row.accuracy_drop = 100.0 * (row.source_accuracy - row.accuracy)
+    top = top_op_type(m)
+    if top:
+        row.top_op = [top[0], top[1], m["per_layer"]["method"]]
 
 
 def _average_repeat(row: AdviceRow, res) -> None:
