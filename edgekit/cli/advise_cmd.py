@@ -44,12 +44,15 @@ class NoRecipeFits(EdgekitError):
               help="Timed inferences per recipe on the device.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runtime threads on the device.")
+@click.option("--db", default=None, metavar="PATH|URL",
+              help="Results history for the measurements: a SQLite file or an SQLAlchemy URL "
+                   "such as a team's postgresql://user@host/db (default: results.db in --out).")
 @click.option("--per-layer", is_flag=True,
               help="Also time each layer on the device: the advice names where the time goes.")
 @connection_options
 @json_option
 def advise_cmd(model, device, calibration, eval_, max_accuracy_drop, objective, latency_budget_ms,
-               recipes, input_shapes, out, runs, threads, per_layer, inventory, ssh_config, known_hosts,
+               recipes, input_shapes, out, runs, threads, db, per_layer, inventory, ssh_config, known_hosts,
                trust_new_host, connect_timeout, as_json):
     """Build fp32/fp16/dynamic/int8 recipes of MODEL for every runtime, measure them on --device,
     rank those within --max-accuracy-drop by --objective, and explain which to ship and why."""
@@ -66,7 +69,7 @@ def advise_cmd(model, device, calibration, eval_, max_accuracy_drop, objective, 
                         options=ConvertOptions(input_shapes=parse_input_shapes(input_shapes)),
                         latency_budget_ms=latency_budget_ms,
                         progress=lambda msg: status.update(f"advise: {msg}"),
-                        per_layer=per_layer)
+                        per_layer=per_layer, db=db)
     if as_json:
         emit_json(advice.to_dict())
     else:
@@ -98,8 +101,8 @@ def print_advice(advice) -> None:
     print_table(table)
     for line in advice.text:
         console.print(f"• {line}", highlight=False, markup=False)
-    console.print(f"builds and results.db: {advice.out} (`edgekit report --db "
-                  f"{Path(advice.out) / 'results.db'}`)", highlight=False, markup=False)
+    console.print(f"builds: {advice.out}; results: {advice.results_db} (`edgekit report --db "
+                  f"{advice.results_db}`)", highlight=False, markup=False)
 
 
 def _g(v):

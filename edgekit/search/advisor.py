@@ -24,6 +24,7 @@ from edgekit.errors import ConversionError, InputError, ModelLoadError
 from edgekit.fidelity.tasks import metric_text
 from edgekit.gate import QUANTIZED
 from edgekit.perlayer import top_op_type
+from edgekit.results.location import mask
 from edgekit.search.settings import OBJECTIVES, RESULTS_DB
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,10 @@ class Advice:
         best: the rank-1 row, None when no recipe ran within budget.
         text: plain-language advice lines naming measured numbers and device features.
         device_info: the agent's probe of the device.
-        out: the folder holding one build folder per recipe and ``results.db``.
+        out: the folder holding one build folder per recipe (and ``results.db`` unless
+            ``results_db`` names another history).
+        results_db: where the measurements were stored (a path, or a URL with its password
+            hidden).
     """
 
     model: str
@@ -185,6 +189,7 @@ class Advice:
     device_info: dict = field(default_factory=dict)
     out: Optional[str] = None
     settings: dict = field(default_factory=dict)
+    results_db: Optional[str] = None
 
     def to_dict(self) -> dict:
         """A versioned JSON document (rows carry their ``status``)."""
@@ -193,7 +198,7 @@ class Advice:
             "max_accuracy_drop": self.max_accuracy_drop, "settings": self.settings,
             "best": self.best.recipe if self.best else None,
             "rows": [{**asdict(r), "status": r.status} for r in self.rows],
-            "text": list(self.text), "out": self.out,
+            "text": list(self.text), "out": self.out, "results_db": self.results_db,
             "device_info": device_summary(self.device_info)})
 
 
@@ -201,7 +206,8 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
            objective: str = "latency", out=None, runs: int = 50, threads: int = 1,
            connect=None, inventory=None, recipes: Optional[Sequence[str]] = None,
            options: Optional[ConvertOptions] = None, latency_budget_ms: Optional[float] = None,
-           progress: Optional[Callable[[str], None]] = None, per_layer: bool = False) -> Advice:
+           progress: Optional[Callable[[str], None]] = None, per_layer: bool = False,
+           db=None) -> Advice:
     """Build every cheap recipe for ``model``, measure each on ``device``, rank and explain.
 
     Args:
@@ -221,6 +227,8 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
         progress: called with one line per step.
         per_layer: also time each layer on the device (``bench --per-layer``); the advice names
             the op type that takes longest in each recipe.
+        db: the results history the measurements go to (a SQLite path or an SQLAlchemy URL such
+            as a team's ``postgresql://...``; default ``results.db`` in ``out``).
 
     Returns:
         Advice; failed builds, gate misses and failed runs are rows, not exceptions.
@@ -241,6 +249,10 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
         raise InputError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if max_accuracy_drop is None or max_accuracy_drop < 0:
         raise InputError(f"max_accuracy_drop must be >= 0 points, got {max_accuracy_drop!r}")
+    if db is not None:  # a bad URL fails now, not after every recipe is built
+        from edgekit.results.location import parse_location
+
+        parse_location(db)
     source = Path(model)
     if not source.exists():
         raise ModelLoadError(f"model not found: {source}")
@@ -303,7 +315,7 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
                         host_reference=spec.name != "local",  # on `local` the host is the device
                         progress=lambda dev, msg, done, total: tell(f"{dev}: {msg}"),
                         per_layer=per_layer)
-        with ResultStore(out / RESULTS_DB) as store:
+        with ResultStore(db if db is not None else out / RESULTS_DB) as store:
             results = benchmark([a for _, a in built], store=store, **settings)
             for (name, _), res in zip(built, results, strict=True):
                 _fill_from_result(rows[name], res)
@@ -336,7 +348,8 @@ def advise(model, device="local", *, calibration, eval=None, max_accuracy_drop: 
     return Advice(str(source), spec.name, objective, float(max_accuracy_drop), ranked + rest,
                   best, text, info, str(out),
                   {"runs": runs, "threads": threads, "eval": str(eval) if eval else None,
-                   "calibration": str(calibration), "latency_budget_ms": latency_budget_ms})
+                   "calibration": str(calibration), "latency_budget_ms": latency_budget_ms},
+                  mask(db) if db is not None else str(Path(out) / RESULTS_DB))
 
 
 def _choose(available: list[Candidate], names: Optional[Sequence[str]]) -> list[Candidate]:

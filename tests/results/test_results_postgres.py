@@ -192,3 +192,44 @@ def test_passwords_are_never_printed_and_errors_are_one_line(postgres, capsys):
     assert main(["report", "--db", "mysql://u:hunter2@h/db"]) == 2
     err = capsys.readouterr().err
     assert "hunter2" not in err and "not supported" in err
+
+
+def test_advise_and_optimize_write_to_a_team_history(pg_url, digits_cnn, tmp_path, capsys):
+    """`advise --db URL` and `optimize --db URL`: the device measurements go to the team's
+    PostgreSQL history (no results.db in the output folders), the study report shows this study's
+    rows of it, and the history lists both."""
+    from calibration_data.digits import digits_path
+    from edgekit.cli.main import main
+    from edgekit.search.space import SearchSpace
+
+    calib, evl = digits_path("calibration"), digits_path("eval")
+    code = main(["advise", str(digits_cnn.keras), "--calibration", str(calib), "--eval", str(evl),
+                 "--recipe", "tflite-fp32", "--recipe", "tflite-int8", "--runs", "5",
+                 "--out", str(tmp_path / "adv"), "--db", pg_url, "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["results_db"] == pg_url  # no password in this URL to hide
+    assert not (tmp_path / "adv" / "results.db").exists()
+    with ResultStore(pg_url) as store:
+        advised = store.count()
+        # tflite-fp32 twice (first and last: the drift check), tflite-int8 once
+        assert sorted(r.artifact["target"] for r in store.list()) == \
+            ["tflite-fp32", "tflite-fp32", "tflite-int8"]
+
+    from edgekit.search.loop import optimize
+
+    space = SearchSpace(targets=("tflite-int8",), threads=(1,), repair=False, xnnpack=(False,))
+    study = optimize(digits_cnn.keras, calibration=calib, eval=evl, budget=2, runs=5,
+                     space=space, out=tmp_path / "opt", remeasure=False, db=pg_url)
+    assert not (tmp_path / "opt" / "results.db").exists()
+    ids = {t.result_id for t in study.trials if t.result_id is not None}
+    with ResultStore(pg_url) as store:
+        assert store.count() == advised + len(ids) and len(ids) >= 1
+        assert all(store.get(i).device == "local" for i in ids)
+    assert study.settings.results_db == pg_url
+    page = (tmp_path / "opt" / "report.html").read_text()
+    assert "tflite-int8" in page and "127.0.0.1" in page  # the history named, its password hidden
+    # A bad URL is refused before anything is built.
+    code = main(["advise", str(digits_cnn.keras), "--calibration", str(calib),
+                 "--out", str(tmp_path / "adv2"), "--db", "mysql://u:secret@h/db"])
+    err = capsys.readouterr().err
+    assert code == 2 and "secret" not in err and not (tmp_path / "adv2").exists()
