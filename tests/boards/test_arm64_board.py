@@ -189,3 +189,34 @@ def test_a_failed_start_leaves_nothing_mounted(board, board_key, tmp_path):
     assert _mounts_under(tmp_path) == []
     assert not (tmp_path / "board" / "sshd.pid").exists()
     assert board.sshd_alive()  # and the running board was left alone
+
+
+def test_bench_through_a_labgrid_place_that_exports_the_board(board, board_setup, host_build,
+                                                              tmp_path):
+    """A team's lab: a real labgrid exporter exports the emulated board as a NetworkService;
+    `bench --device labgrid:PLACE` takes the SSH target from it, holds the place while it
+    measures on aarch64 and releases it."""
+    from conftest_lab import start_lab
+
+    from edgekit.devices.lab.client import LabClient
+
+    lab = start_lab(board.port, boards=1)
+    try:
+        place = lab.make_place("armboard-lab", "board1")
+        inv = tmp_path / "devices.toml"  # the lab's boards: this key; the coordinator
+        inv.write_text(f'[labgrid]\ncoordinator = "{lab.address}"\nkey = "{board.user_key}"\n')
+        results = edgekit_json(
+            "bench", host_build.folder, "--device", f"labgrid:{place}", "--runs", RUNS,
+            "--warmup", WARMUP, "--eval", host_build.eval_npz, "--db", tmp_path / "lab.db",
+            "--timeout", RUN_TIMEOUT, "--inventory", inv, "--known-hosts", board.known_hosts,
+            "--connect-timeout", "60")
+        assert [r["artifact"]["target"] for r in results] == list(TARGETS)
+        for r in results:
+            assert r["ok"], r["error"]
+            assert r["device"] == f"labgrid:{place}" and r["device_info"]["arch"] == "aarch64"
+            assert r["metrics"]["emulation"]["emulated"] is True
+            assert r["lease"]["place"] == place and r["lease"]["coordinator"] == lab.address
+        with LabClient(lab.address) as c:
+            assert c.place(place).holder is None  # released after the bench
+    finally:
+        lab.stop()
