@@ -411,6 +411,27 @@ class Device:
                     "error": {"type": "AgentLost", "message": str(e)}}
         return doc
 
+    def layers(self, remote_model: str, remote_reference: str, *, ort_opt_level: str = "all",
+               timeout: float = 600.0) -> dict:
+        """Compare a cached model's intermediate tensors with a cached host reference
+        (``agent.py layers``; see ``edgekit.divergence``).
+
+        Returns:
+            the agent's ``layers`` document (``ok`` False with ``error`` on failure).
+
+        Raises:
+            DeviceError: the connection failed. AgentError: no answer, or a protocol mismatch.
+        """
+        argv = ["layers", remote_model, "--reference", remote_reference]
+        if ort_opt_level != "all":
+            argv += ["--ort-opt-level", ort_opt_level]
+        for flag, path in (("--sha256", remote_model), ("--reference-sha256", remote_reference)):
+            sha256 = self.cached_sha256(path)
+            if sha256:
+                argv += [flag, sha256]
+        doc, _ = self._agent_doc(argv, timeout, f"the layer comparison of {remote_model}")
+        return doc
+
 
 def check_protocol(doc: dict, device: str) -> None:
     """Raise AgentError unless ``doc`` speaks this host's agent protocol."""
