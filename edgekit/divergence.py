@@ -110,6 +110,9 @@ def plan_probes(model, max_tensors: int = MAX_TENSORS) -> tuple[list[Probe], int
                     probes.append(Probe(out, out, layer, op, i))
         seen.update(p.name for p in probes)
     for out in graph.output:
+        made = producer.get(out.name, (0, None))[1]
+        if made is not None and made.op_type == "DequantizeLinear" and made.input[0] in seen:
+            continue  # the dequantized copy of a probed int8 tensor: the same values
         if out.name not in seen:
             i, layer, op = origin(out.name)
             probes.append(Probe(out.name, out.name, layer, op, i if i >= 0 else len(graph.node)))
