@@ -135,7 +135,7 @@ def with_outputs(model, names: Sequence[str], out_path: Path) -> Path:
     return out_path
 
 
-def _sample_feeds(model_inputs, feeds, samples: int) -> list[list[np.ndarray]]:
+def sample_feeds(model_inputs, feeds, samples: int) -> list[list[np.ndarray]]:
     """Per sample, the raw feeds (one-sample batch) in the model's input order and dtypes."""
     arrays = list(feeds.values()) if isinstance(feeds, dict) else list(feeds)
     if len(arrays) != len(model_inputs):
@@ -148,7 +148,7 @@ def _sample_feeds(model_inputs, feeds, samples: int) -> list[list[np.ndarray]]:
              for a, spec in zip(arrays, model_inputs, strict=True)] for k in range(n)]
 
 
-def _host_run(path: Path, names: Sequence[str], per_sample, ort_opt_level: str) -> dict:
+def host_values(path: Path, names: Sequence[str], per_sample, ort_opt_level: str) -> dict:
     """{name: [samples, n]} of the named outputs in their own dtypes (int8 activations stay
     int8: the agent dequantizes both sides alike, so equal kernels compare exactly equal)."""
     from device_agents.agent import load_model
@@ -261,13 +261,13 @@ def measure_divergence(artifact, feeds, device, *, device_artifact=None, float_m
     from device_agents.agent import load_model
 
     inputs = load_model(str(artifact), ort_opt_level=options.ort_opt_level).inputs
-    per_sample = _sample_feeds(inputs, feeds, options.samples)
+    per_sample = sample_feeds(inputs, feeds, options.samples)
     model = onnx.load(str(artifact))
     probes, total = plan_probes(model, options.max_tensors)
     names = [p.name for p in probes]
     with tempfile.TemporaryDirectory(prefix="edgekit-layers-") as wd:
         host_model = with_outputs(model, names, Path(wd) / "host.onnx")
-        values = _host_run(host_model, names, per_sample, options.ort_opt_level)
+        values = host_values(host_model, names, per_sample, options.ort_opt_level)
         ref = write_reference(Path(wd) / "reference.npz", probes, values, per_sample)
         on_device = host_model if device_artifact is None else with_outputs(
             onnx.load(str(device_artifact)), names, Path(wd) / "device.onnx")
@@ -313,7 +313,7 @@ def _float_comparison(float_model, probes, values, per_sample, wd: Path) -> dict
         return {}
     path = with_outputs(fm, wanted, wd / "float.onnx")
     try:
-        floats = _host_run(path, wanted, per_sample, "all")
+        floats = host_values(path, wanted, per_sample, "all")
     except (ValueError, RuntimeError) as e:  # the float graph takes other inputs: no column
         log.info("float model not comparable per layer: %s", e)
         return {}

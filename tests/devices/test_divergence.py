@@ -1,0 +1,232 @@
+"""Per-layer divergence on the device (`diagnose --device`, `agent.py layers`): real ONNX Runtime,
+on `local` and over a real sshd. The same artifact agrees everywhere; a copy with one node's
+weight scale changed is named as the first departing layer."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest_ssh import connect_options, ssh_device
+from rich.console import Console
+
+from device_agents import AGENT_PATH
+from edgekit.cli.common import print_table
+from edgekit.cli.divergence_table import divergence_summary, divergence_table
+from edgekit.cli.main import main
+from edgekit.devices.spec import DeviceSpec
+from edgekit.divergence import (
+    DEPARTS_BELOW_DB,
+    MAX_TENSORS,
+    DivergenceOptions,
+    host_values,
+    measure_divergence,
+    plan_probes,
+    sample_feeds,
+    with_outputs,
+    write_reference,
+)
+
+CONVS = 6
+PERTURBED = "conv3"  # its weight scale x 1.5 in the device's copy
+DOC_BYTES = 40_000  # the agent's document for MAX_TENSORS tensors stays below this
+# int8 vs float of the chain's layers: measured 31-47 dB; below 20 dB the quantizer broke it.
+MIN_QUANT_DB = 20.0
+
+
+class Models:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.float = folder / "chain.onnx"
+        self.int8 = folder / "chain_int8.onnx"
+        self.perturbed = folder / "chain_int8_perturbed.onnx"
+        self.many = folder / "many.onnx"
+        rng = np.random.default_rng(0)
+        self.calib = rng.random((64, 1, 8, 8)).astype(np.float32)
+        self.eval = rng.random((16, 1, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Models:
+    """A chain of 6 Conv+Relu, its onnx-int8 (ORT static QDQ), a copy with one weight scale
+    changed, and a float model of 400 nodes with long names."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    m = Models(tmp_path_factory.mktemp("divergence"))
+    rng = np.random.default_rng(1)
+    nodes, inits, prev = [], [], "x"
+    for i in range(CONVS):
+        w = rng.normal(0, 0.3, (8, 8 if i else 1, 3, 3)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"),
+                  numpy_helper.from_array(rng.normal(0, .1, 8).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}",
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        prev = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), m.float)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"x": m.calib[k:k + 1]} for k in range(len(m.calib)))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(m.float), str(m.int8), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    per_channel=True)
+    q = onnx.load(m.int8)
+    [scale] = [n.input[1] for n in q.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0].startswith(f"w{PERTURBED[-1]}")]
+    for t in q.graph.initializer:
+        if t.name == scale:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
+    onnx.save(q, m.perturbed)
+
+    nodes, inits, prev = [], [], "x"
+    for i in range(200):
+        stem = f"encoder/block_{i:03d}/a_rather_long_scope_name_as_exporters_write_them/"
+        inits.append(helper.make_tensor(f"c{i}", TensorProto.FLOAT, [64], [0.01] * 64))
+        nodes += [helper.make_node("Add", [prev, f"c{i}"], [f"a{i}"], name=stem + "add"),
+                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=stem + "relu")]
+        prev = f"r{i}"
+    graph = helper.make_graph(nodes, "many", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 64])], [helper.make_tensor_value_info(
+            prev, TensorProto.FLOAT, [1, 64])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), m.many)
+    return m
+
+
+def local(tmp_path) -> DeviceSpec:
+    return DeviceSpec(name="local", workdir=str(tmp_path / "w"))
+
+
+def check_departure(doc: dict, layer) -> None:
+    """Every tensor compared; rows in graph order; identical before ``layer``, far off at it."""
+    assert doc["compared"] == doc["tensor_count"] == len(doc["layers"]) == CONVS + 1
+    assert [r["layer"] for r in doc["layers"]] == ["x"] + [f"conv{i}" for i in range(CONVS)]
+    first = doc["first_departure"]
+    if layer is None:
+        assert first is None
+        assert all(r["device_sqnr_db"] is None and r["device_max_abs_error"] == 0
+                   for r in doc["layers"])  # the same kernels: bit for bit
+        return
+    assert first["layer"] == layer and first["op_type"] == "Conv"
+    assert first["device_sqnr_db"] < DEPARTS_BELOW_DB and first["device_cosine"] < 1
+    before = doc["layers"][:first["index"]]
+    assert before and all(r["device_sqnr_db"] is None for r in before)
+    after = doc["layers"][first["index"] + 1:]
+    assert all(r["device_sqnr_db"] < DEPARTS_BELOW_DB for r in after)  # the error carries on
+
+
+def test_same_artifact_on_the_device_agrees_at_every_layer(models, tmp_path):
+    doc = measure_divergence(models.int8, {"x": models.eval}, local(tmp_path),
+                             float_model=models.float)
+    check_departure(doc, None)
+    assert doc["samples"] == 4 and doc["method"] == "onnxruntime-extra-outputs"
+    quant = [r["quant_sqnr_db"] for r in doc["layers"][1:]]
+    assert all(q is not None and MIN_QUANT_DB < q < 80 for q in quant), quant
+
+
+def test_one_perturbed_node_is_named_as_the_first_departing_layer(models, tmp_path):
+    doc = measure_divergence(models.int8, [models.eval], local(tmp_path),
+                             device_artifact=models.perturbed,
+                             options=DivergenceOptions(samples=3))
+    check_departure(doc, PERTURBED)
+    assert doc["samples"] == 3 and all(r["quant_sqnr_db"] is None for r in doc["layers"])
+    assert "departs from the host at conv3 (Conv)" in divergence_summary(doc)
+    buf = io.StringIO()  # an 80-column terminal: whole cells, the departing row marked
+    print_table(divergence_table(doc), Console(file=buf, width=80, force_terminal=True,
+                                               color_system=None))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
+    [marked] = [line for line in text.splitlines() if "departs" in line]
+    assert "conv3" in marked
+
+
+@pytest.mark.ssh
+def test_over_ssh_the_perturbed_node_is_named_and_the_files_are_cached(models, sshd, tmp_path):
+    # This Python (with the runtimes) by path: a login shell's PATH may put another python3 first.
+    remote = ssh_device(sshd, tmp_path / "remote", python=sys.executable, explicit_python=True)
+    for device_artifact, layer in ((models.int8, None), (models.perturbed, PERTURBED)):
+        doc = measure_divergence(models.int8, {"x": models.eval}, remote,
+                                 device_artifact=device_artifact, connect=connect_options(sshd))
+        check_departure(doc, layer)
+        assert doc["device"] == "box"
+    cached = sorted(p.name for p in (tmp_path / "remote").glob("*/*"))
+    assert cached.count("layers.onnx") == 2 and cached.count("reference.npz") == 1
+
+
+def test_the_agent_document_stays_small_for_a_model_of_many_nodes(models, tmp_path):
+    import onnx
+
+    model = onnx.load(models.many)
+    probes, total = plan_probes(model)
+    assert total == 400 and len(probes) == MAX_TENSORS
+    assert probes[-1].name == "r199"  # the last tensor is always compared
+    names = [p.name for p in probes]
+    edited = with_outputs(model, names, tmp_path / "many_outputs.onnx")
+    x = np.random.default_rng(2).random((4, 64)).astype(np.float32)
+    per_sample = sample_feeds([{"name": "x", "dtype": "float32"}], [x], 4)
+    ref = write_reference(tmp_path / "ref.npz", probes, host_values(edited, names, per_sample, "all"),
+                          per_sample)
+    out = subprocess.run([sys.executable, str(AGENT_PATH), "layers", str(edited), "--reference",
+                          str(ref)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout) < DOC_BYTES
+    doc = json.loads(out.stdout)
+    layers = doc["layers"]
+    assert doc["kind"] == "layers" and layers["version"] == 1 and layers["samples"] == 4
+    assert len(layers["tensors"]) == MAX_TENSORS and not layers["missing"]
+    assert all(t["sqnr_db"] is None for t in layers["tensors"])
+    assert "encoder/block" not in out.stdout  # names stay on the host
+
+    rep = measure_divergence(models.many, [x], local(tmp_path))
+    assert rep["tensor_count"] == 400 and rep["compared"] == MAX_TENSORS
+    assert rep["first_departure"] is None
+
+
+def test_a_malformed_reference_is_an_error_document(models, tmp_path):
+    ref = tmp_path / "bad.npz"
+    np.savez(ref, t0=np.zeros(3))
+    out = subprocess.run([sys.executable, str(AGENT_PATH), "layers", str(models.int8),
+                          "--reference", str(ref)], capture_output=True, text=True, timeout=120)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 3 and doc["ok"] is False and doc["kind"] == "layers"
+    assert "no 'names' array" in doc["error"]["message"]
+
+
+def test_cli_diagnose_device_local_table_and_json(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # `local`'s cache: ~/.cache/edgekit
+    monkeypatch.setenv("COLUMNS", "80")
+    calib, ev = tmp_path / "c.npz", tmp_path / "e.npz"
+    np.savez(calib, x=models.calib)
+    np.savez(ev, x=models.eval)
+    args = ["diagnose", str(models.float), "--calibration", str(calib), "--eval", str(ev),
+            "--device", "local", "--samples", "2"]
+    assert main(args + ["--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)["device"]
+    check_departure(doc, None)
+    assert doc["samples"] == 2 and doc["device"] == "local"
+    assert all(r["quant_sqnr_db"] is not None for r in doc["layers"][1:])  # the float source
+    assert main(args) == 0
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "the device agrees with the host at every compared layer" in err
+    assert "layers on local in graph order" in err and "same" in err
+    assert main(args[:-4] + ["--target", "tflite-int8", "--device", "local"]) == 2
+    assert "compares onnx-int8 artifacts" in capsys.readouterr().err
