@@ -1307,49 +1307,27 @@ def _tensor_stats(acc):
             "cosine": _round(cosine, 6)}
 
 
-def compare_layers(model, reference):
-    """Run the reference's input samples and compare each named output with the host's values.
-
-    The model is one the host edited so that the tensors to compare are graph outputs (ONNX
-    Runtime offers no other way to read an intermediate tensor). The reference ``.npz`` holds
-    ``names`` (the tensors, in graph order), ``t<i>`` (the host's values of tensor i in the
-    model's dtype, one row per sample), optionally ``q<i>`` ([scale, zero_point]: tensor i is
-    quantized; both sides are dequantized before comparing) and ``in<j>`` (input j's raw feeds, one per
-    sample).
-
-    Returns:
-        the ``layers`` object: ``version``, ``samples``, ``tensor_count``, ``missing`` (names the
-        model does not output) and ``tensors``: ``[{"index", "sqnr_db", "max_abs_error",
-        "cosine"}]`` in the reference's order (names stay on the host: the document's size is
-        bounded by the count, not by how long exporters make names).
-
-    Raises:
-        AgentModelError: a malformed reference or one that does not fit the model.
-    """
-    files = set(reference.files)
-    if "names" not in files:
-        raise AgentModelError("layers reference has no 'names' array (arrays: %s)"
-                              % sorted(files)[:8])
-    names = [str(n) for n in reference["names"]]
-    if len(names) > LAYERS_MAX_TENSORS:
-        raise AgentModelError("layers reference names %d tensors; at most %d are compared"
-                              % (len(names), LAYERS_MAX_TENSORS))
+def _feeds_of(model, reference):
     feeds = []
     for j, spec in enumerate(model.inputs):
         key = "in%d" % j
-        if key not in files:
+        if key not in reference.files:
             raise AgentModelError("layers reference has no %r (feeds for input %r)"
                                   % (key, spec["name"]))
         feeds.append(reference[key])
-    samples = len(feeds[0]) if feeds else 0
+    return feeds
+
+
+def _accumulate(model, feeds, names, refs, quant):
+    """Run each sample once; per name, running sums for ``_tensor_stats`` (None: not compared:
+    the model does not output it, or the host sent no values)."""
     where = dict((spec["name"], k) for k, spec in enumerate(model.outputs))
-    acc = [[0.0, 0.0, 0.0, 0.0, 0.0] for _ in names]
-    refs = [reference["t%d" % i] if "t%d" % i in files else None for i in range(len(names))]
-    quant = [reference["q%d" % i] if "q%d" % i in files else None for i in range(len(names))]
-    for s in range(samples):
+    acc = [[0.0, 0.0, 0.0, 0.0, 0.0] if n in where and r is not None else None
+           for n, r in zip(names, refs)]
+    for s in range(len(feeds[0]) if feeds else 0):
         outs = model.run_raw([f[s] for f in feeds])
         for i, name in enumerate(names):
-            if name not in where or refs[i] is None:
+            if acc[i] is None:
                 continue
             got = np.asarray(outs[where[name]], dtype=np.float64).ravel()
             ref = np.asarray(refs[i][s], dtype=np.float64).ravel()
@@ -1366,27 +1344,84 @@ def compare_layers(model, reference):
             a[2] += float(np.dot(ref, got))
             a[3] += float(np.dot(got, got))
             a[4] = max(a[4], float(np.max(np.abs(err))) if err.size else 0.0)
-    tensors, missing = [], []
-    for i, name in enumerate(names):
-        if name not in where or refs[i] is None:
-            missing.append(i)
-            continue
-        entry = {"index": i}
-        entry.update(_tensor_stats(acc[i]))
-        tensors.append(entry)
-    return {"version": LAYERS_VERSION, "samples": samples, "tensor_count": len(names),
-            "missing": missing, "tensors": tensors}
+    return acc
+
+
+def _stats_list(acc):
+    out = []
+    for i, a in enumerate(acc):
+        if a is not None:
+            entry = {"index": i}
+            entry.update(_tensor_stats(a))
+            out.append(entry)
+    return out
+
+
+def compare_layers(model, reference, artifact=None):
+    """Run the reference's input samples and compare each named output with the host's values.
+
+    The model is one the host edited so that the tensors to compare are graph outputs (ONNX
+    Runtime offers no other way to read an intermediate tensor). The reference ``.npz`` holds
+    ``names`` (the tensors, in graph order), ``t<i>`` (the host's values of tensor i in the
+    model's dtype, one row per sample), optionally ``q<i>`` ([scale, zero_point]: tensor i is
+    quantized; both sides are dequantized before comparing), ``in<j>`` (input j's raw feeds, one
+    per sample) and ``o<k>`` (the host's values of the unedited artifact's output k).
+
+    Args:
+        model: the edited model (a LoadedModel).
+        reference: the loaded ``.npz``.
+        artifact: the unedited artifact (a LoadedModel) or None. Exposing tensors can change
+            which kernels run (ORT stops fusing a QDQ group whose tensor is a graph output), so
+            its outputs are compared too: the kernels the user ships.
+
+    Returns:
+        the ``layers`` object: ``version``, ``samples``, ``tensor_count``, ``missing`` (indices
+        the model does not output), ``tensors``: ``[{"index", "sqnr_db", "max_abs_error",
+        "cosine"}]`` in the reference's order (names stay on the host: the document's size is
+        bounded by the count, not by how long exporters make names) and, with ``artifact``,
+        ``artifact_outputs`` in the same form (``index``: the artifact's output index).
+
+    Raises:
+        AgentModelError: a malformed reference or one that does not fit the model.
+    """
+    files = set(reference.files)
+    if "names" not in files:
+        raise AgentModelError("layers reference has no 'names' array (arrays: %s)"
+                              % sorted(files)[:8])
+    names = [str(n) for n in reference["names"]]
+    if len(names) > LAYERS_MAX_TENSORS:
+        raise AgentModelError("layers reference names %d tensors; at most %d are compared"
+                              % (len(names), LAYERS_MAX_TENSORS))
+    feeds = _feeds_of(model, reference)
+    refs = [reference["t%d" % i] if "t%d" % i in files else None for i in range(len(names))]
+    quant = [reference["q%d" % i] if "q%d" % i in files else None for i in range(len(names))]
+    acc = _accumulate(model, feeds, names, refs, quant)
+    doc = {"version": LAYERS_VERSION, "samples": len(feeds[0]) if feeds else 0,
+           "tensor_count": len(names), "missing": [i for i, a in enumerate(acc) if a is None],
+           "tensors": _stats_list(acc)}
+    if artifact is not None:
+        out_names = [o["name"] for o in artifact.outputs]
+        refs = [reference["o%d" % k] if "o%d" % k in files else None
+                for k in range(len(out_names))]
+        acc = _accumulate(artifact, _feeds_of(artifact, reference), out_names, refs,
+                          [None] * len(out_names))
+        doc["artifact_outputs"] = _stats_list(acc)
+    return doc
 
 
 def measure_layers(args):
     """The ``layers`` document for one model and reference (raises on failure)."""
     t_start = time.time()
-    model = load_model(args.model, runtime=args.runtime, threads=args.threads,
-                       xnnpack=args.xnnpack == "on", ort_opt_level=args.ort_opt_level)
+
+    def load(path):
+        return load_model(path, runtime=args.runtime, threads=args.threads,
+                          xnnpack=args.xnnpack == "on", ort_opt_level=args.ort_opt_level)
+
+    model = load(args.model)
     if model.runtime not in ONNX_RUNTIMES:
         raise AgentModelError("layers compares ONNX models (.onnx/.ort); got %s" % args.model)
     reference = np.load(args.reference, allow_pickle=False)
-    layers = compare_layers(model, reference)
+    layers = compare_layers(model, reference, load(args.artifact) if args.artifact else None)
     layers["method"] = "onnxruntime-extra-outputs"
     return {"protocol": PROTOCOL_VERSION, "kind": "layers", "ok": True,
             "agent_version": AGENT_VERSION, "model": {"path": args.model},
@@ -1652,12 +1687,14 @@ def _parser():
     lp.add_argument("model", help="the model, edited on the host so the tensors are outputs")
     lp.add_argument("--reference", required=True,
                     help=".npz: names, t<i> host values, q<i> quantization, in<j> feeds")
+    lp.add_argument("--artifact", default=None,
+                    help="the unedited model: its outputs are compared too (o<k> in the reference)")
     lp.add_argument("--threads", type=int, default=1)
     lp.add_argument("--runtime", default=None)
     lp.add_argument("--xnnpack", choices=("on", "off"), default="on")
     lp.add_argument("--ort-opt-level", choices=ORT_OPT_LEVELS, default="all")
     _agent_sha256_option(lp)
-    for what in ("", "reference-"):
+    for what in ("", "reference-", "artifact-"):
         lp.add_argument("--%ssha256" % what, default=None,
                         help="the %s file's expected sha256 (CacheCorrupt on a mismatch)"
                         % (what.rstrip("-") or "model"))
@@ -1696,7 +1733,8 @@ def main(argv=None):
                 doc["device"] = facts
     elif args.command == "layers":
         doc = check_cached_files([("model", args.model, args.sha256),
-                                  ("reference", args.reference, args.reference_sha256)], "layers")
+                                  ("reference", args.reference, args.reference_sha256),
+                                  ("artifact", args.artifact, args.artifact_sha256)], "layers")
         if doc is None:
             try:
                 doc = measure_layers(args)

@@ -180,9 +180,13 @@ def _dequantized(values: np.ndarray, probe: Probe) -> np.ndarray:
     return (values - probe.zero_point) * probe.scale
 
 
-def write_reference(path: Path, probes: Sequence[Probe], values: dict, per_sample) -> Path:
-    """The ``.npz`` the agent's ``layers`` command compares against (see ``compare_layers``)."""
+def write_reference(path: Path, probes: Sequence[Probe], values: dict, per_sample,
+                    outputs: Sequence[np.ndarray] = ()) -> Path:
+    """The ``.npz`` the agent's ``layers`` command compares against (see ``compare_layers``);
+    ``outputs``: the unedited artifact's outputs on this machine, in its output order."""
     arrays = {"names": np.array([p.name for p in probes])}
+    for k, out in enumerate(outputs):
+        arrays[f"o{k}"] = out
     for i, p in enumerate(probes):
         if p.name in values:
             arrays[f"t{i}"] = values[p.name]
@@ -192,6 +196,25 @@ def write_reference(path: Path, probes: Sequence[Probe], values: dict, per_sampl
         arrays[f"in{j}"] = np.stack([s[j] for s in per_sample])
     np.savez(path, **arrays)
     return path
+
+
+def int8_kernels(path: Path, ort_opt_level: str = "all") -> int:
+    """How many nodes of ONNX Runtime's optimized graph for ``path`` (on this machine) are
+    fused int8 kernels (``QLinear*``, ``*Integer``)."""
+    import onnx
+    import onnxruntime as ort
+
+    from device_agents.agent import load_model
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-fused-") as wd:
+        out = Path(wd) / "optimized.onnx"
+        model = load_model(str(path), ort_opt_level=ort_opt_level)
+        opts = model.session_options(ort)
+        opts.optimized_model_filepath = str(out)
+        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(out)).graph
+    return sum(1 for n in graph.node
+               if n.op_type.startswith("QLinear") or n.op_type.endswith("Integer"))
 
 
 def first_departure(rows: Sequence[dict], threshold_db: float = DEPARTS_BELOW_DB) -> Optional[dict]:
@@ -260,23 +283,30 @@ def measure_divergence(artifact, feeds, device, *, device_artifact=None, float_m
     [spec] = resolve_devices([device], inventory, getattr(connect, "ssh_config", None))
     from device_agents.agent import load_model
 
-    inputs = load_model(str(artifact), ort_opt_level=options.ort_opt_level).inputs
-    per_sample = sample_feeds(inputs, feeds, options.samples)
+    loaded = load_model(str(artifact), ort_opt_level=options.ort_opt_level)
+    inputs_outputs = (loaded.inputs, loaded.outputs)
+    per_sample = sample_feeds(loaded.inputs, feeds, options.samples)
     model = onnx.load(str(artifact))
     probes, total = plan_probes(model, options.max_tensors)
     names = [p.name for p in probes]
     with tempfile.TemporaryDirectory(prefix="edgekit-layers-") as wd:
         host_model = with_outputs(model, names, Path(wd) / "host.onnx")
         values = host_values(host_model, names, per_sample, options.ort_opt_level)
-        ref = write_reference(Path(wd) / "reference.npz", probes, values, per_sample)
+        out_names = [o["name"] for o in inputs_outputs[1]]
+        plain = host_values(artifact, out_names, per_sample, options.ort_opt_level)
+        ref = write_reference(Path(wd) / "reference.npz", probes, values, per_sample,
+                              [plain[n] for n in out_names])
         on_device = host_model if device_artifact is None else with_outputs(
             onnx.load(str(device_artifact)), names, Path(wd) / "device.onnx")
         quant = _float_comparison(float_model, probes, values, per_sample, Path(wd))
+        kernels = {"artifact": int8_kernels(artifact, options.ort_opt_level),
+                   "copy": int8_kernels(host_model, options.ort_opt_level)}
         with Device.open(spec, connect) as dev:
             remote_model, _ = dev.ensure_file(on_device, name="layers.onnx")
             remote_ref, _ = dev.ensure_file(ref, name="reference.npz")
-            doc = dev.layers(remote_model, remote_ref, ort_opt_level=options.ort_opt_level,
-                             timeout=options.timeout)
+            remote_art, _ = dev.ensure_file(device_artifact or artifact)
+            doc = dev.layers(remote_model, remote_ref, remote_artifact=remote_art,
+                             ort_opt_level=options.ort_opt_level, timeout=options.timeout)
     if not doc.get("ok"):
         err = doc.get("error") or {}
         raise AgentError(f"{spec.name}: per-layer comparison failed: {err.get('type')}: "
@@ -290,13 +320,21 @@ def measure_divergence(artifact, feeds, device, *, device_artifact=None, float_m
                      "device_sqnr_db": s and s["sqnr_db"],
                      "device_max_abs_error": s and s["max_abs_error"],
                      "device_cosine": s and s["cosine"], "device_compared": s is not None})
+    outs = {t["index"]: t for t in doc["layers"].get("artifact_outputs", [])}
+    outputs = [{"output": n, "device_sqnr_db": outs[k]["sqnr_db"],
+                "device_max_abs_error": outs[k]["max_abs_error"],
+                "device_cosine": outs[k]["cosine"]} for k, n in enumerate(out_names) if k in outs]
     return {"device": spec.name, "artifact": str(artifact),
             "device_artifact": str(device_artifact or artifact),
             "samples": len(per_sample), "threshold_db": options.threshold_db,
             "tensor_count": total, "compared": len(stats),
             "method": doc["layers"].get("method"), "runtime": doc.get("runtime"),
             "runtime_version": doc.get("runtime_version"), "layers": rows,
-            "first_departure": first_departure(rows, options.threshold_db)}
+            "first_departure": first_departure(rows, options.threshold_db),
+            "int8_kernels": kernels, "artifact_outputs": outputs,
+            "artifact_departs": any(o["device_sqnr_db"] is not None
+                                    and o["device_sqnr_db"] < options.threshold_db
+                                    for o in outputs)}
 
 
 def _float_comparison(float_model, probes, values, per_sample, wd: Path) -> dict:
