@@ -7,9 +7,17 @@ device may have no ``onnx`` package, so the host edits the graph (the tensors be
 outputs) and pushes the edited copy; host and device both run that copy.
 
 Which tensors: in a QDQ model, the outputs of the ``QuantizeLinear`` nodes (the int8 activations
-between fused int8 kernels: exposing them leaves ORT's QDQ fusion as it is, where exposing a
-``DequantizeLinear`` output would stop it) plus the graph outputs; in any other model, every
-node's float/int8 output. Each is named after the op that computes it (Q/DQ skipped).
+as the artifact defines them) plus the graph outputs; in any other model, every node's float/int8
+output. Each is named after the op that computes it (Q/DQ skipped).
+
+Measured caveat (ORT 1.32 on x86-64): with signed int8 activations, which ORT converts to uint8
+on x86 (its ``qdq_s8_to_u8`` rewrite), a QDQ group whose int8 tensor is a graph output is not
+fused, so the copy runs that layer as DequantizeLinear -> float op -> QuantizeLinear instead of
+the fused ``QLinear*`` kernel; with uint8 activations (edgekit's x86 layout) every group stays
+fused. The report counts the fused int8 kernels of the artifact and of the copy on this machine
+(``int8_kernels``) and compares the unedited artifact's outputs on the device as well
+(``artifact_outputs``): when those depart while every layer of the copy agrees, the difference
+is in fused int8 kernels the copy did not run.
 
 The report's fields are described in docs/convert.md ("On a device").
 """
@@ -38,6 +46,12 @@ DEFAULT_SAMPLES = 4
 MAX_TENSORS = 256
 _SKIP_OPS = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "ConstantOfShape"}
 _COMPARED_TYPES = {1: "float32", 3: "int8", 2: "uint8", 10: "float16"}  # onnx elem types
+_INT8_TYPES = (2, 3)
+# QOperator ops: the input positions of their output's scale and zero point.
+_OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7),
+                   "QLinearMul": (6, 7), "QLinearSigmoid": (3, 4), "QLinearLeakyRelu": (3, 4),
+                   "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4),
+                   "QLinearSoftmax": (3, 4), "QLinearConcat": (0, 1), "QuantizeLinear": (1, 2)}
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,7 @@ class Probe:
     source (``float_name``), the op that computes it and the quantization it is read with."""
 
     name: str
-    float_name: str
+    float_name: Optional[str]
     layer: str
     op_type: str
     node_index: int
@@ -84,14 +98,15 @@ def plan_probes(model, max_tensors: int = MAX_TENSORS) -> tuple[list[Probe], int
             name, seen = producer[name][1].input[0], seen + 1
         if name not in producer:
             return -1, name, "Input"
-        i, node = producer[name]
-        return i, node.name or name, node.op_type
+        i, node = producer[name]  # ORT's QOperator quantizer names its nodes "<node>_quant"
+        return i, (node.name or name).removesuffix("_quant"), node.op_type
 
     def scalar(name):
         return float(numpy_helper.to_array(inits[name]).ravel()[0]) \
             if name in inits and np.prod(inits[name].dims or [1]) == 1 else None
 
-    qdq = any(n.op_type == "QuantizeLinear" for n in graph.node)
+    qdq = any(n.op_type == "QuantizeLinear" for n in graph.node) and not any(
+        n.op_type.startswith("QLinear") for n in graph.node)  # QOperator: QLinear* ops
     probes, seen = [], set()
     for node in graph.node:
         if qdq and node.op_type == "QuantizeLinear" and node.input[0] not in inits:
@@ -104,10 +119,18 @@ def plan_probes(model, max_tensors: int = MAX_TENSORS) -> tuple[list[Probe], int
             float_name = node.input[0].removesuffix("_QuantizeLinear_Input")
             probes.append(Probe(node.output[0], float_name, layer, op, i, scale, zp))
         elif not qdq and node.op_type not in _SKIP_OPS:
+            where = _OUTPUT_QPARAMS.get(node.op_type)
+            scale = scalar(node.input[where[0]]) if where else None
+            zp = (scalar(node.input[where[1]]) if len(node.input) > where[1]
+                  and node.input[where[1]] else 0.0) if scale is not None else None
             for out in node.output:
-                if out and types.get(out, 1) in _COMPARED_TYPES:
+                kind = types.get(out, 1)
+                if out and kind in _COMPARED_TYPES:
                     i, layer, op = origin(out)
-                    probes.append(Probe(out, out, layer, op, i))
+                    # an int8 tensor of unknown scale: compared in steps, not against float
+                    float_name = out.removesuffix("_quantized") if scale is not None else (
+                        None if kind in _INT8_TYPES else out)
+                    probes.append(Probe(out, float_name, layer, op, i, scale, zp))
         seen.update(p.name for p in probes)
     for out in graph.output:
         made = producer.get(out.name, (0, None))[1]
@@ -264,8 +287,10 @@ def measure_divergence(artifact, feeds, device, *, device_artifact=None, float_m
     Returns:
         ``{"device", "artifact", "samples", "threshold_db", "tensor_count", "compared",
         "method", "runtime", "runtime_version", "layers": [row...], "first_departure": row or
-        None}``; a row: ``{"index", "tensor", "layer", "op_type", "quant_sqnr_db",
-        "device_sqnr_db", "device_max_abs_error", "device_cosine", "device_compared"}``.
+        None, "int8_kernels": {"artifact", "copy"}, "artifact_outputs": [{"output",
+        "device_sqnr_db", "device_max_abs_error", "device_cosine"}], "artifact_departs"}``; a
+        row: ``{"index", "tensor", "layer", "op_type", "quant_sqnr_db", "device_sqnr_db",
+        "device_max_abs_error", "device_cosine", "device_compared"}``. SQNR ``None``: identical.
 
     Raises:
         InputError: not an ONNX artifact, or unusable feeds. AgentError / DeviceError: the
@@ -346,7 +371,22 @@ def _float_comparison(float_model, probes, values, per_sample, wd: Path) -> dict
 
     fm = float_model if isinstance(float_model, onnx.ModelProto) else onnx.load(str(float_model))
     known = {o for n in fm.graph.node for o in n.output} | {o.name for o in fm.graph.output}
-    wanted = [p.float_name for p in probes if p.float_name in known]
+    consumers: dict = {}
+    for n in fm.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+
+    def activated(name):
+        """A tensor read only by a Relu/Clip stands for that op's output: a quantizer that
+        folds the activation into the int8 range (QOperator) keeps the pre-activation name."""
+        users = consumers.get(name, [])
+        if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+            return users[0].output[0]
+        return name
+
+    float_of = {p.name: activated(p.float_name) for p in probes
+                if p.float_name and p.float_name in known}
+    wanted = sorted(set(float_of.values()))
     if not wanted:
         return {}
     path = with_outputs(fm, wanted, wd / "float.onnx")
@@ -357,8 +397,8 @@ def _float_comparison(float_model, probes, values, per_sample, wd: Path) -> dict
         return {}
     out = {}
     for p in probes:
-        if p.float_name in floats and p.name in values:
-            f = floats[p.float_name]
+        if float_of.get(p.name) in floats and p.name in values:
+            f = floats[float_of[p.name]]
             q = _dequantized(values[p.name], p)
             if f.shape == q.shape:
                 out[p.name] = tensor_stats(f, q)["sqnr_db"]

@@ -20,11 +20,31 @@ def divergence_summary(doc: dict) -> str:
              f"{doc['samples']} samples, {doc['compared']} of {doc['tensor_count']} tensors)")
     first = doc.get("first_departure")
     if first is None:
-        return (f"on {where}: the device agrees with the host at every compared layer "
+        line = (f"on {where}: the device agrees with the host at every compared layer "
                 f"(device vs host SQNR >= {doc['threshold_db']:g} dB)")
-    return (f"on {where}: the device departs from the host at {first['layer']} "
-            f"({first['op_type']}): {first['device_sqnr_db']:.1f} dB < {doc['threshold_db']:g} dB"
-            f", earlier layers agree")
+    else:
+        line = (f"on {where}: the device departs from the host at {first['layer']} "
+                f"({first['op_type']}): {first['device_sqnr_db']:.1f} dB < "
+                f"{doc['threshold_db']:g} dB, earlier layers agree")
+    return line + _kernels_note(doc)
+
+
+def _kernels_note(doc: dict) -> str:
+    """What the per-layer copy could not see: the artifact's own fused int8 kernels."""
+    kernels = doc.get("int8_kernels") or {}
+    if kernels.get("artifact", 0) <= kernels.get("copy", 0):
+        return ""
+    outs = [o["device_sqnr_db"] for o in doc.get("artifact_outputs", [])
+            if o["device_sqnr_db"] is not None]
+    seen = (f"the artifact's outputs depart (device vs host {min(outs):.1f} dB)"
+            if doc.get("artifact_departs") else
+            "the artifact's outputs agree" + (f" (>= {min(outs):.1f} dB)" if outs else
+                                              " (identical)"))
+    return (f". The per-layer copy runs {kernels['copy']} fused int8 kernels where the artifact "
+            f"runs {kernels['artifact']} (ONNX Runtime does not fuse a read-out tensor's layer); "
+            f"{seen}" + (": the difference is in the fused int8 kernels"
+                         if doc.get("artifact_departs") and doc.get("first_departure") is None
+                         else ""))
 
 
 def divergence_table(doc: dict) -> FitTable:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,8 @@ class Models:
         self.int8 = folder / "chain_int8.onnx"
         self.perturbed = folder / "chain_int8_perturbed.onnx"
         self.many = folder / "many.onnx"
+        self.qop = folder / "chain_qop.onnx"  # QOperator: QLinearConv nodes in the file
+        self.qop_perturbed = folder / "chain_qop_perturbed.onnx"
         rng = np.random.default_rng(0)
         self.calib = rng.random((64, 1, 8, 8)).astype(np.float32)
         self.eval = rng.random((16, 1, 8, 8)).astype(np.float32)
@@ -90,13 +93,23 @@ def models(tmp_path_factory) -> Models:
     quantize_static(str(m.float), str(m.int8), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     per_channel=True)
-    q = onnx.load(m.int8)
-    [scale] = [n.input[1] for n in q.graph.node
-               if n.op_type == "DequantizeLinear" and n.input[0].startswith(f"w{PERTURBED[-1]}")]
-    for t in q.graph.initializer:
-        if t.name == scale:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
-    onnx.save(q, m.perturbed)
+    quantize_static(str(m.float), str(m.qop), Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True)
+
+    def perturb(src, dst, scale_of):
+        q = onnx.load(src)
+        [scale] = [scale_of(n) for n in q.graph.node if scale_of(n)]
+        for t in q.graph.initializer:
+            if t.name == scale:
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
+        onnx.save(q, dst)
+
+    w = f"w{PERTURBED[-1]}"
+    perturb(m.int8, m.perturbed, lambda n: n.input[1] if n.op_type == "DequantizeLinear"
+            and n.input[0].startswith(w) else None)
+    perturb(m.qop, m.qop_perturbed, lambda n: n.input[4] if n.op_type == "QLinearConv"
+            and n.input[3].startswith(w) else None)
 
     nodes, inits, prev = [], [], "x"
     for i in range(200):
@@ -116,17 +129,24 @@ def local(tmp_path) -> DeviceSpec:
     return DeviceSpec(name="local", workdir=str(tmp_path / "w"))
 
 
-def check_departure(doc: dict, layer) -> None:
+def check_departure(doc: dict, layer, qop: bool = False) -> None:
     """Every tensor compared; rows in graph order; identical before ``layer``, far off at it."""
-    assert doc["compared"] == doc["tensor_count"] == len(doc["layers"]) == CONVS + 1
-    assert [r["layer"] for r in doc["layers"]] == ["x"] + [f"conv{i}" for i in range(CONVS)]
+    convs = [f"conv{i}" for i in range(CONVS)]
+    assert doc["compared"] == doc["tensor_count"] == len(doc["layers"]) == CONVS + (not qop)
+    assert [r["layer"] for r in doc["layers"]] == ([] if qop else ["x"]) + convs
     first = doc["first_departure"]
+    # Reading an int8 tensor out can stop ORT's QDQ fusion of its layer (s8 activations on x86):
+    # the fused kernels are counted, and the unedited artifact's outputs compared as well.
+    assert doc["int8_kernels"]["artifact"] == CONVS >= doc["int8_kernels"]["copy"]
+    [out] = doc["artifact_outputs"]
+    assert out["output"] == f"r{CONVS - 1}" and doc["artifact_departs"] == (layer is not None)
     if layer is None:
-        assert first is None
+        assert first is None and out["device_sqnr_db"] is None
         assert all(r["device_sqnr_db"] is None and r["device_max_abs_error"] == 0
                    for r in doc["layers"])  # the same kernels: bit for bit
         return
-    assert first["layer"] == layer and first["op_type"] == "Conv"
+    assert out["device_sqnr_db"] < DEPARTS_BELOW_DB
+    assert first["layer"] == layer and first["op_type"] == ("QLinearConv" if qop else "Conv")
     assert first["device_sqnr_db"] < DEPARTS_BELOW_DB and first["device_cosine"] < 1
     before = doc["layers"][:first["index"]]
     assert before and all(r["device_sqnr_db"] is None for r in before)
@@ -139,6 +159,9 @@ def test_same_artifact_on_the_device_agrees_at_every_layer(models, tmp_path):
                              float_model=models.float)
     check_departure(doc, None)
     assert doc["samples"] == 4 and doc["method"] == "onnxruntime-extra-outputs"
+    if platform.machine() in ("x86_64", "AMD64"):  # ORT's s8 -> u8 rewrite: no fusion
+        assert doc["int8_kernels"]["copy"] < CONVS
+        assert "per-layer copy runs" in divergence_summary(doc)
     quant = [r["quant_sqnr_db"] for r in doc["layers"][1:]]
     assert all(q is not None and MIN_QUANT_DB < q < 80 for q in quant), quant
 
@@ -149,7 +172,11 @@ def test_one_perturbed_node_is_named_as_the_first_departing_layer(models, tmp_pa
                              options=DivergenceOptions(samples=3))
     check_departure(doc, PERTURBED)
     assert doc["samples"] == 3 and all(r["quant_sqnr_db"] is None for r in doc["layers"])
-    assert "departs from the host at conv3 (Conv)" in divergence_summary(doc)
+    summary = divergence_summary(doc)
+    assert "departs from the host at conv3 (Conv)" in summary
+    assert "the artifact's outputs depart" in summary
+    agree = dict(doc, first_departure=None)  # as if only the fused kernels differed
+    assert divergence_summary(agree).endswith("the difference is in the fused int8 kernels")
     buf = io.StringIO()  # an 80-column terminal: whole cells, the departing row marked
     print_table(divergence_table(doc), Console(file=buf, width=80, force_terminal=True,
                                                color_system=None))
@@ -157,6 +184,20 @@ def test_one_perturbed_node_is_named_as_the_first_departing_layer(models, tmp_pa
     assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
     [marked] = [line for line in text.splitlines() if "departs" in line]
     assert "conv3" in marked
+
+
+def test_qoperator_artifact_reads_out_its_fused_kernels(models, tmp_path):
+    """QLinearConv nodes in the file: their int8 outputs are read out as they are (nothing to
+    fuse), dequantized with each node's output scale, set against the float Relu outputs."""
+    same = measure_divergence(models.qop, {"x": models.eval}, local(tmp_path),
+                              float_model=models.float)
+    check_departure(same, None, qop=True)
+    assert same["int8_kernels"] == {"artifact": CONVS, "copy": CONVS}
+    assert all(r["op_type"] == "QLinearConv" and MIN_QUANT_DB < r["quant_sqnr_db"] < 80
+               for r in same["layers"]), same["layers"]
+    moved = measure_divergence(models.qop, {"x": models.eval}, local(tmp_path),
+                               device_artifact=models.qop_perturbed)
+    check_departure(moved, PERTURBED, qop=True)
 
 
 @pytest.mark.ssh
@@ -170,6 +211,7 @@ def test_over_ssh_the_perturbed_node_is_named_and_the_files_are_cached(models, s
         assert doc["device"] == "box"
     cached = sorted(p.name for p in (tmp_path / "remote").glob("*/*"))
     assert cached.count("layers.onnx") == 2 and cached.count("reference.npz") == 1
+    assert cached.count("artifact.onnx") == 2  # the unedited artifact and the perturbed one
 
 
 def test_the_agent_document_stays_small_for_a_model_of_many_nodes(models, tmp_path):
@@ -223,6 +265,8 @@ def test_cli_diagnose_device_local_table_and_json(models, tmp_path, capsys, monk
     doc = json.loads(capsys.readouterr().out)["device"]
     check_departure(doc, None)
     assert doc["samples"] == 2 and doc["device"] == "local"
+    if platform.machine() in ("x86_64", "AMD64"):  # edgekit's x86 layout: u8, stays fused
+        assert doc["int8_kernels"] == {"artifact": CONVS, "copy": CONVS}
     assert all(r["quant_sqnr_db"] is not None for r in doc["layers"][1:])  # the float source
     assert main(args) == 0
     err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
