@@ -374,11 +374,13 @@ class LoadedModel:
 
 
 class _TFLiteModel(LoadedModel):
-    def __init__(self, path, runtime, threads, xnnpack=True):
+    def __init__(self, path, runtime, threads, xnnpack=True, preserve_all_tensors=False):
         Interpreter = _tflite_interpreter_class(runtime)
         kwargs = {}
         if not xnnpack:  # the argument is left out otherwise: runtimes older than 2.5 lack it
             kwargs["experimental_op_resolver_type"] = _op_resolver_without_delegates(runtime)
+        if preserve_all_tensors:  # intermediate tensors kept readable (no buffer reuse)
+            kwargs["experimental_preserve_all_tensors"] = True
         try:
             self._interp = Interpreter(model_path=path, num_threads=threads, **kwargs)
             self._interp.allocate_tensors()
@@ -409,6 +411,11 @@ class _TFLiteModel(LoadedModel):
             [_tflite_spec(n, d) for n, d in in_items], [_tflite_spec(n, d) for n, d in out_items])
         self.runtime_settings = {"xnnpack": bool(xnnpack),
                                  "delegated_nodes": self._delegated_nodes()}
+
+    def tensor(self, index):
+        """A copy of tensor ``index`` after the last run (intermediate tensors hold their values
+        only when loaded with ``preserve_all_tensors`` and not inside a delegate)."""
+        return self._interp.get_tensor(int(index))
 
     def _delegated_nodes(self):
         """DELEGATE nodes in the graph: > 0 when XNNPACK (or another delegate) took ops over.
@@ -525,7 +532,8 @@ class _OnnxModel(LoadedModel):
         return lambda: run(names, feed)
 
 
-def load_model(path, runtime=None, threads=1, xnnpack=True, ort_opt_level="all"):
+def load_model(path, runtime=None, threads=1, xnnpack=True, ort_opt_level="all",
+               preserve_all_tensors=False):
     """Load a .tflite / .onnx / .ort model into the first available runtime for its format.
 
     Args:
@@ -537,6 +545,9 @@ def load_model(path, runtime=None, threads=1, xnnpack=True, ort_opt_level="all")
             only). Ignored by ONNX Runtime.
         ort_opt_level: ONNX Runtime's graph optimization level (``ORT_OPT_LEVELS``). Ignored
             by TFLite.
+        preserve_all_tensors: TFLite keeps every intermediate tensor readable
+            (``experimental_preserve_all_tensors``; see ``_TFLiteModel.tensor``). Ignored by
+            ONNX Runtime.
 
     Returns:
         a LoadedModel.
@@ -556,7 +567,8 @@ def load_model(path, runtime=None, threads=1, xnnpack=True, ort_opt_level="all")
         raise AgentModelError("threads must be >= 1, got %d" % threads)
     name = _pick_runtime(path, runtime)
     if name in TFLITE_RUNTIMES:
-        return _TFLiteModel(path, name, threads, xnnpack=xnnpack)
+        return _TFLiteModel(path, name, threads, xnnpack=xnnpack,
+                            preserve_all_tensors=preserve_all_tensors)
     return _OnnxModel(path, threads, opt_level=ort_opt_level)
 
 
@@ -1318,10 +1330,15 @@ def _feeds_of(model, reference):
     return feeds
 
 
-def _accumulate(model, feeds, names, refs, quant):
+def _accumulate(model, feeds, names, refs, quant, indices=None):
     """Run each sample once; per name, running sums for ``_tensor_stats`` (None: not compared:
-    the model does not output it, or the host sent no values)."""
-    where = dict((spec["name"], k) for k, spec in enumerate(model.outputs))
+    the model does not output it, or the host sent no values). ``indices``: TFLite tensor
+    indices to read instead of outputs by name."""
+    if indices is not None:
+        count = len(model._interp.get_tensor_details())
+        where = dict((n, int(t)) for n, t in zip(names, indices) if 0 <= int(t) < count)
+    else:
+        where = dict((spec["name"], k) for k, spec in enumerate(model.outputs))
     acc = [[0.0, 0.0, 0.0, 0.0, 0.0] if n in where and r is not None else None
            for n, r in zip(names, refs)]
     for s in range(len(feeds[0]) if feeds else 0):
@@ -1329,7 +1346,8 @@ def _accumulate(model, feeds, names, refs, quant):
         for i, name in enumerate(names):
             if acc[i] is None:
                 continue
-            got = np.asarray(outs[where[name]], dtype=np.float64).ravel()
+            value = model.tensor(where[name]) if indices is not None else outs[where[name]]
+            got = np.asarray(value, dtype=np.float64).ravel()
             ref = np.asarray(refs[i][s], dtype=np.float64).ravel()
             if quant[i] is not None:  # both sides alike: equal int8 values compare equal
                 got = (got - float(quant[i][1])) * float(quant[i][0])
@@ -1365,7 +1383,9 @@ def compare_layers(model, reference, artifact=None):
     ``names`` (the tensors, in graph order), ``t<i>`` (the host's values of tensor i in the
     model's dtype, one row per sample), optionally ``q<i>`` ([scale, zero_point]: tensor i is
     quantized; both sides are dequantized before comparing), ``in<j>`` (input j's raw feeds, one
-    per sample) and ``o<k>`` (the host's values of the unedited artifact's output k).
+    per sample), ``o<k>`` (the host's values of the unedited artifact's output k) and, for a
+    TFLite model (loaded with ``preserve_all_tensors``), ``tensor_index`` (the tensors to read,
+    by index, instead of outputs by name).
 
     Args:
         model: the edited model (a LoadedModel).
@@ -1395,7 +1415,13 @@ def compare_layers(model, reference, artifact=None):
     feeds = _feeds_of(model, reference)
     refs = [reference["t%d" % i] if "t%d" % i in files else None for i in range(len(names))]
     quant = [reference["q%d" % i] if "q%d" % i in files else None for i in range(len(names))]
-    acc = _accumulate(model, feeds, names, refs, quant)
+    indices = None
+    if "tensor_index" in files:  # TFLite: tensors are read by index, not as outputs
+        if not hasattr(model, "tensor"):
+            raise AgentModelError("the reference reads TFLite tensors by index; %s is not a "
+                                  "TFLite model" % model.path)
+        indices = [int(t) for t in reference["tensor_index"]]
+    acc = _accumulate(model, feeds, names, refs, quant, indices)
     doc = {"version": LAYERS_VERSION, "samples": len(feeds[0]) if feeds else 0,
            "tensor_count": len(names), "missing": [i for i, a in enumerate(acc) if a is None],
            "tensors": _stats_list(acc)}
@@ -1412,17 +1438,17 @@ def compare_layers(model, reference, artifact=None):
 def measure_layers(args):
     """The ``layers`` document for one model and reference (raises on failure)."""
     t_start = time.time()
-
-    def load(path):
-        return load_model(path, runtime=args.runtime, threads=args.threads,
-                          xnnpack=args.xnnpack == "on", ort_opt_level=args.ort_opt_level)
-
-    model = load(args.model)
-    if model.runtime not in ONNX_RUNTIMES:
-        raise AgentModelError("layers compares ONNX models (.onnx/.ort); got %s" % args.model)
+    tflite = _pick_runtime(args.model, args.runtime) in TFLITE_RUNTIMES
+    model = load_model(args.model, runtime=args.runtime, threads=args.threads,
+                       xnnpack=args.xnnpack == "on", ort_opt_level=args.ort_opt_level,
+                       preserve_all_tensors=tflite)
+    # The artifact as it ships: TFLite with its default XNNPACK delegate, whatever the read-out
+    # (which needs the built-in kernels: a delegate's inner tensors are never written).
+    artifact = load_model(args.artifact, runtime=args.runtime, threads=args.threads,
+                          ort_opt_level=args.ort_opt_level) if args.artifact else None
     reference = np.load(args.reference, allow_pickle=False)
-    layers = compare_layers(model, reference, load(args.artifact) if args.artifact else None)
-    layers["method"] = "onnxruntime-extra-outputs"
+    layers = compare_layers(model, reference, artifact)
+    layers["method"] = "tflite-preserve-all-tensors" if tflite else "onnxruntime-extra-outputs"
     return {"protocol": PROTOCOL_VERSION, "kind": "layers", "ok": True,
             "agent_version": AGENT_VERSION, "model": {"path": args.model},
             "runtime": model.runtime, "runtime_version": model.runtime_version,

@@ -234,7 +234,7 @@ def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
     (``edgekit.divergence``): where the device's kernels depart from the host's.
 
     Args:
-        device: ``local``, an inventory name, ``user@host[:port]`` or a DeviceSpec (onnx-int8).
+        device: ``local``, an inventory name, ``user@host[:port]`` or a DeviceSpec.
         connect / inventory: as for :func:`edgekit.bench.benchmark`.
         divergence: ``edgekit.divergence.DivergenceOptions`` (samples, threshold).
 
@@ -258,9 +258,6 @@ def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
     info = get_target(target)
     if info.precision not in QUANTIZED or info.name.endswith("dynamic") or info.name.endswith("16x8"):
         raise InputError(f"diagnose works on tflite-int8 and onnx-int8, not {target!r}")
-    if device is not None and info.format != "onnx":
-        raise InputError(f"diagnose --device compares onnx-int8 artifacts layer by layer; "
-                         f"{target!r} is not one yet")
     fmt = detect_format(source_path)
     check_target_for_source(info, fmt)
     if info.name == "onnx-int8":  # the layout convert would choose first on this machine
@@ -285,10 +282,11 @@ def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
             from converters.onnx_common import float_model
             from edgekit.divergence import measure_divergence
 
-            on_device = measure_divergence(naive, prep.feeds, device,
-                                           float_model=float_model(src, options)[0],
-                                           options=divergence, connect=connect,
-                                           inventory=inventory)
+            fm = float_model(src, options)[0] if info.format == "onnx" else None
+            with _quiet_tools():  # LiteRT's C++ INFO lines on the host
+                on_device = measure_divergence(naive, prep.feeds, device, float_model=fm,
+                                               options=divergence, connect=connect,
+                                               inventory=inventory)
             on_device["artifact"] = on_device["device_artifact"] = \
                 f"naive {info.name} of {source_path.name}"  # its temp path is gone
     gate = _gate(info, fid, options)

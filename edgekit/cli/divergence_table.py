@@ -26,7 +26,7 @@ def divergence_summary(doc: dict) -> str:
         line = (f"on {where}: the device departs from the host at {first['layer']} "
                 f"({first['op_type']}): {first['device_sqnr_db']:.1f} dB < "
                 f"{doc['threshold_db']:g} dB, earlier layers agree")
-    return line + _kernels_note(doc)
+    return line + _kernels_note(doc) + (f". {doc['note']}" if doc.get("note") else "")
 
 
 def _kernels_note(doc: dict) -> str:

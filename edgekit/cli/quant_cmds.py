@@ -24,7 +24,7 @@ from edgekit.divergence import DEFAULT_SAMPLES, DEPARTS_BELOW_DB
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the full ranking as JSON here.")
 @click.option("--device", help="Also run the int8 artifact on this device (`local`, an inventory "
                                "name, user@host[:port]) and name the first layer where its "
-                               "tensors depart from this machine's (onnx-int8).")
+                               "tensors depart from this machine's.")
 @click.option("--samples", type=click.IntRange(min=1), default=DEFAULT_SAMPLES, show_default=True,
               help="Eval samples compared layer by layer on --device.")
 @click.option("--departs-below", type=float, default=DEPARTS_BELOW_DB, show_default=True,

@@ -413,7 +413,7 @@ class Device:
 
     def layers(self, remote_model: str, remote_reference: str, *,
                remote_artifact: Optional[str] = None, ort_opt_level: str = "all",
-               timeout: float = 600.0) -> dict:
+               xnnpack: bool = True, timeout: float = 600.0) -> dict:
         """Compare a cached model's intermediate tensors with a cached host reference
         (``agent.py layers``; see ``edgekit.divergence``); with ``remote_artifact``, the
         unedited artifact's outputs too.
@@ -429,6 +429,8 @@ class Device:
             argv += ["--artifact", remote_artifact]
         if ort_opt_level != "all":
             argv += ["--ort-opt-level", ort_opt_level]
+        if not xnnpack:
+            argv += ["--xnnpack", "off"]
         for flag, path in (("--sha256", remote_model), ("--reference-sha256", remote_reference),
                            ("--artifact-sha256", remote_artifact)):
             sha256 = self.cached_sha256(path) if path else None

@@ -272,5 +272,59 @@ def test_cli_diagnose_device_local_table_and_json(models, tmp_path, capsys, monk
     err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
     assert "the device agrees with the host at every compared layer" in err
     assert "layers on local in graph order" in err and "same" in err
-    assert main(args[:-4] + ["--target", "tflite-int8", "--device", "local"]) == 2
-    assert "compares onnx-int8 artifacts" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tflite_chain(tmp_path_factory):
+    """A Keras chain of 4 Conv+Relu as a full-int8 .tflite, and a copy with conv2's int8
+    weights negated in place (the same file otherwise)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import tensorflow as tf
+
+    from device_agents.agent import load_model
+
+    folder = tmp_path_factory.mktemp("divergence-tflite")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="x")
+    h = inp
+    for i in range(4):
+        h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name=f"conv{i}")(h)
+    calib = np.random.default_rng(0).random((32, 8, 8, 1)).astype(np.float32)
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, h))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    raw = conv.convert()
+    path, perturbed = folder / "chain_int8.tflite", folder / "chain_int8_perturbed.tflite"
+    path.write_bytes(raw)
+    interp = load_model(str(path), xnnpack=False)._interp
+    [weights] = [interp.get_tensor(d["index"]) for d in interp.get_tensor_details()
+                 if d["name"].endswith("conv2_1/convolution") and d["shape"][0] == 8]
+    old = weights.tobytes()
+    assert raw.count(old) == 1
+    new = np.clip(-weights.astype(np.int16), -127, 127).astype(np.int8).tobytes()
+    perturbed.write_bytes(raw.replace(old, new))
+    return path, perturbed
+
+
+def test_tflite_same_file_agrees_and_perturbed_weights_are_named(tflite_chain, tmp_path):
+    path, perturbed = tflite_chain
+    x = np.random.default_rng(3).random((8, 8, 8, 1)).astype(np.float32)
+    same = measure_divergence(path, {"x": x}, local(tmp_path))
+    assert same["method"] == "tflite-preserve-all-tensors"
+    assert same["compared"] == same["tensor_count"] >= 5 and same["first_departure"] is None
+    assert all(r["device_sqnr_db"] is None for r in same["layers"])
+    assert [o["device_sqnr_db"] for o in same["artifact_outputs"]] == [None]
+    assert "XNNPACK off" in divergence_summary(same)
+    convs = [r for r in same["layers"] if r["op_type"] == "CONV_2D"]
+    assert len(convs) == 4
+
+    moved = measure_divergence(path, {"x": x}, local(tmp_path), device_artifact=perturbed)
+    first = moved["first_departure"]
+    assert first is not None and first["op_type"] == "CONV_2D", moved["layers"]
+    assert "conv2" in first["layer"] and first["index"] == convs[2]["index"]
+    assert all(r["device_sqnr_db"] is None for r in moved["layers"][:first["index"]])
+    assert moved["artifact_departs"]

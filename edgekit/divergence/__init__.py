@@ -66,6 +66,7 @@ class Probe:
     node_index: int
     scale: Optional[float] = None
     zero_point: Optional[float] = None
+    tensor_index: Optional[int] = None  # TFLite: read by index
 
 
 def plan_probes(model, max_tensors: int = MAX_TENSORS) -> tuple[list[Probe], int]:
@@ -139,6 +140,11 @@ def plan_probes(model, max_tensors: int = MAX_TENSORS) -> tuple[list[Probe], int
         if out.name not in seen:
             i, layer, op = origin(out.name)
             probes.append(Probe(out.name, out.name, layer, op, i if i >= 0 else len(graph.node)))
+    return bounded(probes, max_tensors)
+
+
+def bounded(probes: list, max_tensors: int) -> tuple[list, int]:
+    """(at most ``max_tensors`` probes evenly spaced, the last kept; how many there were)."""
     total = len(probes)
     if total > max_tensors:
         keep = sorted(set(np.linspace(0, total - 1, max_tensors).round().astype(int).tolist()))
@@ -210,6 +216,8 @@ def write_reference(path: Path, probes: Sequence[Probe], values: dict, per_sampl
     arrays = {"names": np.array([p.name for p in probes])}
     for k, out in enumerate(outputs):
         arrays[f"o{k}"] = out
+    if probes and probes[0].tensor_index is not None:
+        arrays["tensor_index"] = np.array([p.tensor_index for p in probes], np.int64)
     for i, p in enumerate(probes):
         if p.name in values:
             arrays[f"t{i}"] = values[p.name]
@@ -296,42 +304,32 @@ def measure_divergence(artifact, feeds, device, *, device_artifact=None, float_m
         InputError: not an ONNX artifact, or unusable feeds. AgentError / DeviceError: the
         device did not answer, or answered with an error.
     """
-    import onnx
-
     from edgekit.bench import resolve_devices
     from edgekit.devices.device import Device
 
     options = options or DivergenceOptions()
     artifact = Path(artifact)
-    if artifact.suffix.lower() != ".onnx":
-        raise InputError(f"per-layer divergence compares .onnx artifacts; got {artifact.name}")
+    fmt = artifact.suffix.lower()
+    if fmt not in (".onnx", ".tflite"):
+        raise InputError(f"per-layer divergence compares .onnx and .tflite artifacts; got "
+                         f"{artifact.name}")
     [spec] = resolve_devices([device], inventory, getattr(connect, "ssh_config", None))
     from device_agents.agent import load_model
 
     loaded = load_model(str(artifact), ort_opt_level=options.ort_opt_level)
-    inputs_outputs = (loaded.inputs, loaded.outputs)
+    out_names = [o["name"] for o in loaded.outputs]
     per_sample = sample_feeds(loaded.inputs, feeds, options.samples)
-    model = onnx.load(str(artifact))
-    probes, total = plan_probes(model, options.max_tensors)
-    names = [p.name for p in probes]
     with tempfile.TemporaryDirectory(prefix="edgekit-layers-") as wd:
-        host_model = with_outputs(model, names, Path(wd) / "host.onnx")
-        values = host_values(host_model, names, per_sample, options.ort_opt_level)
-        out_names = [o["name"] for o in inputs_outputs[1]]
-        plain = host_values(artifact, out_names, per_sample, options.ort_opt_level)
-        ref = write_reference(Path(wd) / "reference.npz", probes, values, per_sample,
-                              [plain[n] for n in out_names])
-        on_device = host_model if device_artifact is None else with_outputs(
-            onnx.load(str(device_artifact)), names, Path(wd) / "device.onnx")
-        quant = _float_comparison(float_model, probes, values, per_sample, Path(wd))
-        kernels = {"artifact": int8_kernels(artifact, options.ort_opt_level),
-                   "copy": int8_kernels(host_model, options.ort_opt_level)}
+        prep = (_prepare_onnx if fmt == ".onnx" else _prepare_tflite)(
+            artifact, device_artifact, float_model, per_sample, out_names, options, Path(wd))
         with Device.open(spec, connect) as dev:
-            remote_model, _ = dev.ensure_file(on_device, name="layers.onnx")
-            remote_ref, _ = dev.ensure_file(ref, name="reference.npz")
+            remote_model, _ = dev.ensure_file(prep.model, name="layers" + fmt)
+            remote_ref, _ = dev.ensure_file(prep.reference, name="reference.npz")
             remote_art, _ = dev.ensure_file(device_artifact or artifact)
             doc = dev.layers(remote_model, remote_ref, remote_artifact=remote_art,
-                             ort_opt_level=options.ort_opt_level, timeout=options.timeout)
+                             ort_opt_level=options.ort_opt_level, xnnpack=fmt != ".tflite",
+                             timeout=options.timeout)
+    probes, total, quant, kernels = prep.probes, prep.total, prep.quant, prep.kernels
     if not doc.get("ok"):
         err = doc.get("error") or {}
         raise AgentError(f"{spec.name}: per-layer comparison failed: {err.get('type')}: "
@@ -356,10 +354,56 @@ def measure_divergence(artifact, feeds, device, *, device_artifact=None, float_m
             "method": doc["layers"].get("method"), "runtime": doc.get("runtime"),
             "runtime_version": doc.get("runtime_version"), "layers": rows,
             "first_departure": first_departure(rows, options.threshold_db),
-            "int8_kernels": kernels, "artifact_outputs": outputs,
+            "int8_kernels": kernels, "note": prep.note, "artifact_outputs": outputs,
             "artifact_departs": any(o["device_sqnr_db"] is not None
                                     and o["device_sqnr_db"] < options.threshold_db
                                     for o in outputs)}
+
+
+@dataclass
+class _Prepared:
+    """What goes to the device, and what the host already knows."""
+
+    probes: list
+    total: int
+    model: Path  # what the device reads out (ONNX: an edited copy; TFLite: the file itself)
+    reference: Path
+    quant: dict
+    kernels: Optional[dict] = None
+    note: Optional[str] = None
+
+
+def _prepare_onnx(artifact, device_artifact, float_model, per_sample, out_names, options,
+                  wd: Path) -> _Prepared:
+    import onnx
+
+    model = onnx.load(str(artifact))
+    probes, total = plan_probes(model, options.max_tensors)
+    names = [p.name for p in probes]
+    host_model = with_outputs(model, names, wd / "host.onnx")
+    values = host_values(host_model, names, per_sample, options.ort_opt_level)
+    plain = host_values(artifact, out_names, per_sample, options.ort_opt_level)
+    ref = write_reference(wd / "reference.npz", probes, values, per_sample,
+                          [plain[n] for n in out_names])
+    on_device = host_model if device_artifact is None else with_outputs(
+        onnx.load(str(device_artifact)), names, wd / "device.onnx")
+    quant = _float_comparison(float_model, probes, values, per_sample, wd)
+    kernels = {"artifact": int8_kernels(artifact, options.ort_opt_level),
+               "copy": int8_kernels(host_model, options.ort_opt_level)}
+    return _Prepared(probes, total, on_device, ref, quant, kernels)
+
+
+def _prepare_tflite(artifact, device_artifact, float_model, per_sample, out_names, options,
+                    wd: Path) -> _Prepared:
+    from edgekit.divergence.tflite import plan_tflite, tflite_outputs, tflite_values
+
+    probes, total = plan_tflite(artifact, options.max_tensors)
+    values = tflite_values(artifact, probes, per_sample)
+    ref = write_reference(wd / "reference.npz", probes, values, per_sample,
+                          tflite_outputs(artifact, per_sample))
+    note = ("layers read with LiteRT's built-in kernels (XNNPACK off, all tensors preserved: "
+            "no buffer reuse); the artifact's outputs with its default XNNPACK delegate")
+    return _Prepared(probes, total, Path(device_artifact or artifact), ref, {}, None, note)
 
 
 def _float_comparison(float_model, probes, values, per_sample, wd: Path) -> dict:
