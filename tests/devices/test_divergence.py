@@ -272,6 +272,10 @@ def test_cli_diagnose_device_local_table_and_json(models, tmp_path, capsys, monk
     err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
     assert "the device agrees with the host at every compared layer" in err
     assert "layers on local in graph order" in err and "same" in err
+    # a device that does not answer: one line, exit 1 (the job failed, the input was fine)
+    assert main(args[:-3] + ["nobody@127.0.0.1:1", "--connect-timeout", "2"]) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and "cannot connect to nobody@127.0.0.1:1" in lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -328,3 +332,14 @@ def test_tflite_same_file_agrees_and_perturbed_weights_are_named(tflite_chain, t
     assert "conv2" in first["layer"] and first["index"] == convs[2]["index"]
     assert all(r["device_sqnr_db"] is None for r in moved["layers"][:first["index"]])
     assert moved["artifact_departs"]
+
+
+@pytest.mark.ssh
+def test_tflite_over_ssh_names_the_perturbed_conv(tflite_chain, sshd, tmp_path):
+    path, perturbed = tflite_chain
+    remote = ssh_device(sshd, tmp_path / "remote", python=sys.executable, explicit_python=True)
+    x = np.random.default_rng(3).random((4, 8, 8, 1)).astype(np.float32)
+    doc = measure_divergence(path, [x], remote, device_artifact=perturbed,
+                             connect=connect_options(sshd))
+    assert doc["device"] == "box" and doc["method"] == "tflite-preserve-all-tensors"
+    assert "conv2" in doc["first_departure"]["layer"]
