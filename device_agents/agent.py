@@ -15,6 +15,9 @@ becomes an error document naming the signal, exit code and stderr tail instead o
 
 ``run --per-layer`` adds an optional ``per_layer`` object (its own ``version``; see ``per_layer``)
 measured in a short pass after everything else, so the plain figures are not disturbed.
+
+``layers MODEL --reference R.npz`` (agent 0.3) compares intermediate tensors with the host's
+values for the same inputs and prints compact per-tensor statistics (see ``compare_layers``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import glob
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -52,7 +56,8 @@ if not (__name__ == "__main__" and sys.argv[1:2] in (["probe"], ["run"], ["versi
     _import_numpy()
 
 PROTOCOL_VERSION = 1
-AGENT_VERSION = "0.2.0"  # 0.2: run --sha256/--eval-sha256/--reference-sha256, --agent-sha256
+AGENT_VERSION = "0.3.0"  # 0.2: run --sha256/--eval-sha256/--reference-sha256, --agent-sha256;
+# 0.3: the `layers` command
 EXIT_ERROR = 3  # the agent ran and reports a failure in its JSON document
 TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 ONNX_RUNTIMES = ("onnxruntime",)
@@ -369,11 +374,13 @@ class LoadedModel:
 
 
 class _TFLiteModel(LoadedModel):
-    def __init__(self, path, runtime, threads, xnnpack=True):
+    def __init__(self, path, runtime, threads, xnnpack=True, preserve_all_tensors=False):
         Interpreter = _tflite_interpreter_class(runtime)
         kwargs = {}
         if not xnnpack:  # the argument is left out otherwise: runtimes older than 2.5 lack it
             kwargs["experimental_op_resolver_type"] = _op_resolver_without_delegates(runtime)
+        if preserve_all_tensors:  # intermediate tensors kept readable (no buffer reuse)
+            kwargs["experimental_preserve_all_tensors"] = True
         try:
             self._interp = Interpreter(model_path=path, num_threads=threads, **kwargs)
             self._interp.allocate_tensors()
@@ -404,6 +411,11 @@ class _TFLiteModel(LoadedModel):
             [_tflite_spec(n, d) for n, d in in_items], [_tflite_spec(n, d) for n, d in out_items])
         self.runtime_settings = {"xnnpack": bool(xnnpack),
                                  "delegated_nodes": self._delegated_nodes()}
+
+    def tensor(self, index):
+        """A copy of tensor ``index`` after the last run (intermediate tensors hold their values
+        only when loaded with ``preserve_all_tensors`` and not inside a delegate)."""
+        return self._interp.get_tensor(int(index))
 
     def _delegated_nodes(self):
         """DELEGATE nodes in the graph: > 0 when XNNPACK (or another delegate) took ops over.
@@ -520,7 +532,8 @@ class _OnnxModel(LoadedModel):
         return lambda: run(names, feed)
 
 
-def load_model(path, runtime=None, threads=1, xnnpack=True, ort_opt_level="all"):
+def load_model(path, runtime=None, threads=1, xnnpack=True, ort_opt_level="all",
+               preserve_all_tensors=False):
     """Load a .tflite / .onnx / .ort model into the first available runtime for its format.
 
     Args:
@@ -532,6 +545,9 @@ def load_model(path, runtime=None, threads=1, xnnpack=True, ort_opt_level="all")
             only). Ignored by ONNX Runtime.
         ort_opt_level: ONNX Runtime's graph optimization level (``ORT_OPT_LEVELS``). Ignored
             by TFLite.
+        preserve_all_tensors: TFLite keeps every intermediate tensor readable
+            (``experimental_preserve_all_tensors``; see ``_TFLiteModel.tensor``). Ignored by
+            ONNX Runtime.
 
     Returns:
         a LoadedModel.
@@ -551,7 +567,8 @@ def load_model(path, runtime=None, threads=1, xnnpack=True, ort_opt_level="all")
         raise AgentModelError("threads must be >= 1, got %d" % threads)
     name = _pick_runtime(path, runtime)
     if name in TFLITE_RUNTIMES:
-        return _TFLiteModel(path, name, threads, xnnpack=xnnpack)
+        return _TFLiteModel(path, name, threads, xnnpack=xnnpack,
+                            preserve_all_tensors=preserve_all_tensors)
     return _OnnxModel(path, threads, opt_level=ort_opt_level)
 
 
@@ -1278,6 +1295,168 @@ def measure(args):
     }, **extra)
 
 
+# ----------------------------------------------------------------------------------------------
+# Per-layer divergence (`layers`): the device's intermediate tensors against the host's
+# ----------------------------------------------------------------------------------------------
+
+LAYERS_VERSION = 1  # of the "layers" object in a `layers` document
+LAYERS_MAX_TENSORS = 512  # compared at most (the host sends fewer); bounds the document's size
+
+
+def _round(x, digits=4):
+    return None if x is None else float(round(float(x), digits))
+
+
+def _tensor_stats(acc):
+    """SQNR (dB; None when identical), max |error| and cosine from running sums."""
+    sig, noise, dot, n_got, max_err = acc
+    sqnr = None
+    if noise > 0:
+        sqnr = 10 * math.log10(sig / noise) if sig > 0 else -999.0
+    denom = math.sqrt(sig * n_got)
+    cosine = dot / denom if denom > 0 else (1.0 if sig == n_got else 0.0)
+    return {"sqnr_db": _round(sqnr, 2), "max_abs_error": _round(max_err, 6),
+            "cosine": _round(cosine, 6)}
+
+
+def _feeds_of(model, reference):
+    feeds = []
+    for j, spec in enumerate(model.inputs):
+        key = "in%d" % j
+        if key not in reference.files:
+            raise AgentModelError("layers reference has no %r (feeds for input %r)"
+                                  % (key, spec["name"]))
+        feeds.append(reference[key])
+    return feeds
+
+
+def _accumulate(model, feeds, names, refs, quant, indices=None):
+    """Run each sample once; per name, running sums for ``_tensor_stats`` (None: not compared:
+    the model does not output it, or the host sent no values). ``indices``: TFLite tensor
+    indices to read instead of outputs by name."""
+    if indices is not None:
+        count = len(model._interp.get_tensor_details())
+        where = dict((n, int(t)) for n, t in zip(names, indices) if 0 <= int(t) < count)
+    else:
+        where = dict((spec["name"], k) for k, spec in enumerate(model.outputs))
+    acc = [[0.0, 0.0, 0.0, 0.0, 0.0] if n in where and r is not None else None
+           for n, r in zip(names, refs)]
+    for s in range(len(feeds[0]) if feeds else 0):
+        outs = model.run_raw([f[s] for f in feeds])
+        for i, name in enumerate(names):
+            if acc[i] is None:
+                continue
+            value = model.tensor(where[name]) if indices is not None else outs[where[name]]
+            got = np.asarray(value, dtype=np.float64).ravel()
+            ref = np.asarray(refs[i][s], dtype=np.float64).ravel()
+            if quant[i] is not None:  # both sides alike: equal int8 values compare equal
+                got = (got - float(quant[i][1])) * float(quant[i][0])
+                ref = (ref - float(quant[i][1])) * float(quant[i][0])
+            if ref.shape != got.shape:
+                raise AgentModelError("tensor %r: the reference has %d values, the device %d"
+                                      % (name, ref.size, got.size))
+            err = got - ref
+            a = acc[i]
+            a[0] += float(np.dot(ref, ref))
+            a[1] += float(np.dot(err, err))
+            a[2] += float(np.dot(ref, got))
+            a[3] += float(np.dot(got, got))
+            a[4] = max(a[4], float(np.max(np.abs(err))) if err.size else 0.0)
+    return acc
+
+
+def _stats_list(acc):
+    out = []
+    for i, a in enumerate(acc):
+        if a is not None:
+            entry = {"index": i}
+            entry.update(_tensor_stats(a))
+            out.append(entry)
+    return out
+
+
+def compare_layers(model, reference, artifact=None):
+    """Run the reference's input samples and compare each named output with the host's values.
+
+    The model is one the host edited so that the tensors to compare are graph outputs (ONNX
+    Runtime offers no other way to read an intermediate tensor). The reference ``.npz`` holds
+    ``names`` (the tensors, in graph order), ``t<i>`` (the host's values of tensor i in the
+    model's dtype, one row per sample), optionally ``q<i>`` ([scale, zero_point]: tensor i is
+    quantized; both sides are dequantized before comparing), ``in<j>`` (input j's raw feeds, one
+    per sample), ``o<k>`` (the host's values of the unedited artifact's output k) and, for a
+    TFLite model (loaded with ``preserve_all_tensors``), ``tensor_index`` (the tensors to read,
+    by index, instead of outputs by name).
+
+    Args:
+        model: the edited model (a LoadedModel).
+        reference: the loaded ``.npz``.
+        artifact: the unedited artifact (a LoadedModel) or None. Exposing tensors can change
+            which kernels run (ORT stops fusing a QDQ group whose tensor is a graph output), so
+            its outputs are compared too: the kernels the user ships.
+
+    Returns:
+        the ``layers`` object: ``version``, ``samples``, ``tensor_count``, ``missing`` (indices
+        the model does not output), ``tensors``: ``[{"index", "sqnr_db", "max_abs_error",
+        "cosine"}]`` in the reference's order (names stay on the host: the document's size is
+        bounded by the count, not by how long exporters make names) and, with ``artifact``,
+        ``artifact_outputs`` in the same form (``index``: the artifact's output index).
+
+    Raises:
+        AgentModelError: a malformed reference or one that does not fit the model.
+    """
+    files = set(reference.files)
+    if "names" not in files:
+        raise AgentModelError("layers reference has no 'names' array (arrays: %s)"
+                              % sorted(files)[:8])
+    names = [str(n) for n in reference["names"]]
+    if len(names) > LAYERS_MAX_TENSORS:
+        raise AgentModelError("layers reference names %d tensors; at most %d are compared"
+                              % (len(names), LAYERS_MAX_TENSORS))
+    feeds = _feeds_of(model, reference)
+    refs = [reference["t%d" % i] if "t%d" % i in files else None for i in range(len(names))]
+    quant = [reference["q%d" % i] if "q%d" % i in files else None for i in range(len(names))]
+    indices = None
+    if "tensor_index" in files:  # TFLite: tensors are read by index, not as outputs
+        if not hasattr(model, "tensor"):
+            raise AgentModelError("the reference reads TFLite tensors by index; %s is not a "
+                                  "TFLite model" % model.path)
+        indices = [int(t) for t in reference["tensor_index"]]
+    acc = _accumulate(model, feeds, names, refs, quant, indices)
+    doc = {"version": LAYERS_VERSION, "samples": len(feeds[0]) if feeds else 0,
+           "tensor_count": len(names), "missing": [i for i, a in enumerate(acc) if a is None],
+           "tensors": _stats_list(acc)}
+    if artifact is not None:
+        out_names = [o["name"] for o in artifact.outputs]
+        refs = [reference["o%d" % k] if "o%d" % k in files else None
+                for k in range(len(out_names))]
+        acc = _accumulate(artifact, _feeds_of(artifact, reference), out_names, refs,
+                          [None] * len(out_names))
+        doc["artifact_outputs"] = _stats_list(acc)
+    return doc
+
+
+def measure_layers(args):
+    """The ``layers`` document for one model and reference (raises on failure)."""
+    t_start = time.time()
+    tflite = _pick_runtime(args.model, args.runtime) in TFLITE_RUNTIMES
+    model = load_model(args.model, runtime=args.runtime, threads=args.threads,
+                       xnnpack=args.xnnpack == "on", ort_opt_level=args.ort_opt_level,
+                       preserve_all_tensors=tflite)
+    # The artifact as it ships: TFLite with its default XNNPACK delegate, whatever the read-out
+    # (which needs the built-in kernels: a delegate's inner tensors are never written).
+    artifact = load_model(args.artifact, runtime=args.runtime, threads=args.threads,
+                          ort_opt_level=args.ort_opt_level) if args.artifact else None
+    reference = np.load(args.reference, allow_pickle=False)
+    layers = compare_layers(model, reference, artifact)
+    layers["method"] = "tflite-preserve-all-tensors" if tflite else "onnxruntime-extra-outputs"
+    return {"protocol": PROTOCOL_VERSION, "kind": "layers", "ok": True,
+            "agent_version": AGENT_VERSION, "model": {"path": args.model},
+            "runtime": model.runtime, "runtime_version": model.runtime_version,
+            "threads": model.threads, "provider": model.provider,
+            "runtime_settings": model.runtime_settings, "layers": layers,
+            "python": platform.python_version(), "wall_s": time.time() - t_start}
+
+
 def sha256_of(path):
     import hashlib
 
@@ -1530,6 +1709,21 @@ def _parser():
             r.add_argument("--%ssha256" % what, default=None,
                            help="the %s file's expected sha256: a mismatch is a CacheCorrupt "
                                 "error, nothing is run" % (what.rstrip("-") or "model"))
+    lp = sub.add_parser("layers", help="compare intermediate tensors with the host's")
+    lp.add_argument("model", help="the model, edited on the host so the tensors are outputs")
+    lp.add_argument("--reference", required=True,
+                    help=".npz: names, t<i> host values, q<i> quantization, in<j> feeds")
+    lp.add_argument("--artifact", default=None,
+                    help="the unedited model: its outputs are compared too (o<k> in the reference)")
+    lp.add_argument("--threads", type=int, default=1)
+    lp.add_argument("--runtime", default=None)
+    lp.add_argument("--xnnpack", choices=("on", "off"), default="on")
+    lp.add_argument("--ort-opt-level", choices=ORT_OPT_LEVELS, default="all")
+    _agent_sha256_option(lp)
+    for what in ("", "reference-", "artifact-"):
+        lp.add_argument("--%ssha256" % what, default=None,
+                        help="the %s file's expected sha256 (CacheCorrupt on a mismatch)"
+                        % (what.rstrip("-") or "model"))
     _agent_sha256_option(sub.add_parser("version"))
     return p
 
@@ -1563,6 +1757,16 @@ def main(argv=None):
             if doc is None:
                 doc, facts = supervise(args, argv[1:], args.timeout)
                 doc["device"] = facts
+    elif args.command == "layers":
+        doc = check_cached_files([("model", args.model, args.sha256),
+                                  ("reference", args.reference, args.reference_sha256),
+                                  ("artifact", args.artifact, args.artifact_sha256)], "layers")
+        if doc is None:
+            try:
+                doc = measure_layers(args)
+            except (AgentModelError, NoRuntimeError, RunFailed, OSError, MemoryError,
+                    ValueError) as e:  # ValueError: np.load of a damaged .npz
+                doc = _error_doc("layers", type(e).__name__, str(e))
     elif args.command == "_measure":
         die_with_parent()
         _limit_memory(args.memory_limit_mb)

@@ -223,19 +223,29 @@ def _load_calibration_with_holdout(data, src, options):
 
 
 def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
-             options: Optional[ConvertOptions] = None) -> dict:
+             options: Optional[ConvertOptions] = None, device=None, connect=None,
+             inventory=None, divergence=None) -> dict:
     """Per-layer sensitivity of a quantized target: which ops add the most error.
 
     Quantizes the whole model once (naive), measures its fidelity, then ranks groups of ops by
     the damage they do (ONNX: the local SQNR of each activation's QDQ pair; TFLite: the measured
-    output SQNR when that op group is left in float).
+    output SQNR when that op group is left in float). With ``device``, also runs the naive
+    artifact there and compares its intermediate tensors with this machine's, layer by layer
+    (``edgekit.divergence``): where the device's kernels depart from the host's.
+
+    Args:
+        device: ``local``, an inventory name, ``user@host[:port]`` or a DeviceSpec.
+        connect / inventory: as for :func:`edgekit.bench.benchmark`.
+        divergence: ``edgekit.divergence.DivergenceOptions`` (samples, threshold).
 
     Returns:
         ``{"source", "target", "naive": fidelity dict, "gate": {...}, "gate_misses": [...],
-        "ranking": [{"rank", "nodes", "label", "score"}]}``
+        "ranking": [{"rank", "nodes", "label", "score"}]}``, plus ``"device"`` (see
+        ``edgekit.divergence.measure_divergence``) when ``device`` is given.
 
     Raises:
         InputError: bad model, target or data. ConversionError: the naive conversion failed.
+        DeviceError / AgentError: the device could not be reached or its comparison failed.
     """
     import tempfile
 
@@ -267,13 +277,28 @@ def diagnose(source, target: str = "onnx-int8", *, calibration=None, eval=None,
 
             fid = evaluate(naive)[0]
             ranking = rank_groups(info, src, options, calib, naive, evaluate)
+        on_device = None
+        if device is not None:
+            from converters.onnx_common import float_model
+            from edgekit.divergence import measure_divergence
+
+            fm = float_model(src, options)[0] if info.format == "onnx" else None
+            with _quiet_tools():  # LiteRT's C++ INFO lines on the host
+                on_device = measure_divergence(naive, prep.feeds, device, float_model=fm,
+                                               options=divergence, connect=connect,
+                                               inventory=inventory)
+            on_device["artifact"] = on_device["device_artifact"] = \
+                f"naive {info.name} of {source_path.name}"  # its temp path is gone
     gate = _gate(info, fid, options)
     verdict = gate.check(fid)
-    return {"source": str(source_path), "target": info.name, "naive": fid.to_dict(),
-            "gate": gate.to_dict(), "gate_misses": verdict.misses,
-            "gate_warnings": verdict.warnings,
-            "ranking": [{"rank": i, "nodes": g["nodes"], "label": g["label"],
-                         "score": float(g["score"])} for i, g in enumerate(ranking, 1)]}
+    report = {"source": str(source_path), "target": info.name, "naive": fid.to_dict(),
+              "gate": gate.to_dict(), "gate_misses": verdict.misses,
+              "gate_warnings": verdict.warnings,
+              "ranking": [{"rank": i, "nodes": g["nodes"], "label": g["label"],
+                           "score": float(g["score"])} for i, g in enumerate(ranking, 1)]}
+    if on_device is not None:
+        report["device"] = on_device
+    return report
 
 
 def evaluate_artifact(source, artifact, *, calibration=None, eval=None, task: str = "auto",

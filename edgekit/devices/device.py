@@ -411,6 +411,34 @@ class Device:
                     "error": {"type": "AgentLost", "message": str(e)}}
         return doc
 
+    def layers(self, remote_model: str, remote_reference: str, *,
+               remote_artifact: Optional[str] = None, ort_opt_level: str = "all",
+               xnnpack: bool = True, timeout: float = 600.0) -> dict:
+        """Compare a cached model's intermediate tensors with a cached host reference
+        (``agent.py layers``; see ``edgekit.divergence``); with ``remote_artifact``, the
+        unedited artifact's outputs too.
+
+        Returns:
+            the agent's ``layers`` document (``ok`` False with ``error`` on failure).
+
+        Raises:
+            DeviceError: the connection failed. AgentError: no answer, or a protocol mismatch.
+        """
+        argv = ["layers", remote_model, "--reference", remote_reference]
+        if remote_artifact:
+            argv += ["--artifact", remote_artifact]
+        if ort_opt_level != "all":
+            argv += ["--ort-opt-level", ort_opt_level]
+        if not xnnpack:
+            argv += ["--xnnpack", "off"]
+        for flag, path in (("--sha256", remote_model), ("--reference-sha256", remote_reference),
+                           ("--artifact-sha256", remote_artifact)):
+            sha256 = self.cached_sha256(path) if path else None
+            if sha256:
+                argv += [flag, sha256]
+        doc, _ = self._agent_doc(argv, timeout, f"the layer comparison of {remote_model}")
+        return doc
+
 
 def check_protocol(doc: dict, device: str) -> None:
     """Raise AgentError unless ``doc`` speaks this host's agent protocol."""
