@@ -220,3 +220,28 @@ def test_bench_through_a_labgrid_place_that_exports_the_board(board, board_setup
             assert c.place(place).holder is None  # released after the bench
     finally:
         lab.stop()
+
+
+def test_diagnose_on_the_board_compares_each_layer_with_the_host(board, board_setup, tmp_path):
+    """`edgekit diagnose --device armboard`: the onnx-int8 artifact's layers computed by the
+    board's ONNX Runtime (aarch64 kernels) against the host's, layer by layer in graph order."""
+    from calibration_data.digits import digits_path
+    from edgekit.demo import DigitsCNN, train_digits_cnn
+
+    model = train_digits_cnn(tmp_path / "digits_cnn.keras", DigitsCNN(epochs=2))
+    doc = edgekit_json("diagnose", model, "--target", "onnx-int8", "--calibration",
+                       digits_path("calibration"), "--eval", digits_path("eval"), "--device",
+                       ALIAS, "--samples", "2", *board.cli_connection())["device"]
+    assert doc["device"] == ALIAS and doc["samples"] == 2
+    layers = doc["layers"]
+    assert doc["compared"] == len(layers) > 3
+    # The quantized input is the same bytes on both machines; later layers may differ by the
+    # kernels' rounding (ONNX Runtime's int8 kernels are not the same code on x86 and arm64).
+    assert layers[0]["device_sqnr_db"] is None and layers[0]["device_max_abs_error"] == 0
+    for r in layers:
+        assert r["device_sqnr_db"] is None or r["device_sqnr_db"] > 0
+    first = doc["first_departure"]
+    if first is not None:  # named with its figures, and every layer before it agreed
+        assert all(r["device_sqnr_db"] is None or r["device_sqnr_db"] >= first["device_sqnr_db"]
+                   for r in layers[:first["index"]])
+    print("layers:", [(r["layer"], r["device_sqnr_db"]) for r in layers], "first:", first)
