@@ -1,6 +1,7 @@
-"""Benchmark of `bench --per-layer` on this machine (`local`).
+"""Benchmark of `bench --per-layer` on this machine (`local`) and the emulated arm64 board.
 
     python benchmarks/bench_perlayer.py [--runs 50] [--quick]
+    python benchmarks/bench_perlayer.py --board [--board-runs 10]   # + the emulated board (root)
 
 For the trained digits CNN and a MobileNetV2 (Keras, ``weights=None``: nothing is downloaded),
 each as TFLite (XNNPACK on) and ONNX, one plain run and one per-layer run:
@@ -12,7 +13,8 @@ each as TFLite (XNNPACK on) and ONNX, one plain run and one per-layer run:
     within the per-layer pass / that p50 (the device's speed drifting between the two), and the
     top op type.
 
-Prints one markdown table on stdout; progress on stderr.
+Prints one markdown table per device on stdout; progress on stderr. On the board (qemu-user)
+milliseconds are the emulator's: only ratios are printed there.
 """
 
 from __future__ import annotations
@@ -62,12 +64,13 @@ def build_mobilenet(folder: Path, size: int) -> tuple[Path, Path]:
     return tfl, onnx
 
 
-def measure(path: Path, runs: int, workdir: Path) -> dict:
-    local = DeviceSpec(name="local", workdir=str(workdir))
+def measure(path: Path, runs: int, workdir: Path, device=None, **kw) -> dict:
+    device = device or DeviceSpec(name="local", workdir=str(workdir))
     row = {}
     for per_layer in (False, True):
         t0 = time.perf_counter()
-        [r] = benchmark([path], devices=[local], runs=runs, warmup=5, per_layer=per_layer)
+        [r] = benchmark([path], devices=[device], runs=runs, warmup=min(5, runs),
+                        per_layer=per_layer, **kw)
         wall = time.perf_counter() - t0
         if not r.ok:
             raise SystemExit(f"{path.name}: {r.error}")
@@ -80,6 +83,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--size", type=int, default=224, help="MobileNetV2 input size")
     p.add_argument("--quick", action="store_true", help="digits only")
+    p.add_argument("--board", action="store_true", help="also the emulated arm64 board (root)")
+    p.add_argument("--board-runs", type=int, default=10)
     args = p.parse_args()
     folder = _tmpdir("edgekit-bench-perlayer-")
     quiet_environment()
@@ -92,20 +97,49 @@ def main() -> None:
         if not args.quick:
             tfl, onnx = build_mobilenet(folder, args.size)
             models += [("MobileNetV2", tfl), ("MobileNetV2", onnx)]
+    tables = [("local", args.runs, {}, True)]
+    board = None
+    if args.board:
+        sys.path.insert(0, str(ROOT / "tests" / "boards"))
+        from conftest import ALIAS, edgekit_json, start_board
+        from conftest_ssh import user_key
+
+        from edgekit.devices.spec import ConnectOptions
+
+        log("starting the emulated arm64 board and installing its runtimes ...")
+        board = start_board(folder / "b", user_key())
+        edgekit_json("devices", "setup", ALIAS, *board.cli_connection())
+        connect = ConnectOptions(ssh_config=board.ssh_config, known_hosts=board.known_hosts,
+                                 connect_timeout=60)
+        tables.append((ALIAS, args.board_runs, {"connect": connect,
+                                                "inventory": board.inventory}, False))
+    try:
+        for device, runs, kw, show_ms in tables:
+            table(device, models, runs, folder, kw, show_ms)
+    finally:
+        if board is not None:
+            from conftest import board_script
+
+            board_script("destroy", folder / "b" / "board", timeout=300)
+
+
+def table(device: str, models, runs: int, folder: Path, kw: dict, show_ms: bool) -> None:
+    print(f"\n{device} ({runs} runs" + ("" if show_ms else "; emulated: ratios only") + ")\n")
     print("| model | format | plain p50 ms | per-layer run wall / plain wall | per-layer pass s "
           "| p50 with / without | per-layer sum / p50 | in-pass whole model / p50 | method "
           "| top op type |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for name, path in models:
-        log(f"{name} {path.suffix}: plain and per-layer runs ...")
-        row = measure(path, args.runs, folder / "w")
+        log(f"{device}: {name} {path.suffix}: plain and per-layer runs ...")
+        row = measure(path, runs, folder / "w", None if device == "local" else device, **kw)
         (w0, plain), (w1, layered) = row["plain"], row["per_layer"]
         pl = layered["per_layer"]
         if pl.get("error"):
             raise SystemExit(f"{path.name}: {pl['error']}")
         top = pl["op_types"][0]
-        print(f"| {name} | {path.suffix[1:]} | {plain['latency_ms']['p50']:.4g} | {w1 / w0:.2f} "
-              f"| {pl['wall_s']:.2f} "
+        p50 = f"{plain['latency_ms']['p50']:.4g}" if show_ms else "-"
+        wall = f"{pl['wall_s']:.2f}" if show_ms else "-"
+        print(f"| {name} | {path.suffix[1:]} | {p50} | {w1 / w0:.2f} | {wall} "
               f"| {layered['latency_ms']['p50'] / plain['latency_ms']['p50']:.3f} "
               f"| {pl['total_ms'] / pl['whole_model_p50_ms']:.3f} "
               f"| {pl['profiled_run_p50_ms'] / pl['whole_model_p50_ms']:.3f} | {pl['method']} "
