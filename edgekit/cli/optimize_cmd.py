@@ -96,6 +96,9 @@ def parse_duration(text: str | None, option: str) -> float | None:
               help="Results history for the device measurements: a SQLite file or an SQLAlchemy "
                    "URL such as a team's postgresql://user@host/db (default: results.db in "
                    "--out).")
+@click.option("--per-layer", is_flag=True,
+              help="Each trial also times the artifact's layers on the device: the explanation "
+                   "names where the time goes.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes on this machine sharing the study.")
 @click.option("--runs", type=int, default=20, show_default=True,
@@ -125,7 +128,7 @@ def parse_duration(text: str | None, option: str) -> float | None:
 @connection_options
 @json_option
 def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, compress, prune_ratios,
-                 max_accuracy_drop, objective, max_size, size_metric, max_peak_memory, budget, time_budget, out, storage, db, workers, runs, targets,
+                 max_accuracy_drop, objective, max_size, size_metric, max_peak_memory, budget, time_budget, out, storage, db, per_layer, workers, runs, targets,
                  threads, xnnpack, ort_opt_levels, input_shapes, seed, remeasure, resume, worker, inventory,
                  ssh_config, known_hosts, trust_new_host, connect_timeout, as_json):
     """Search recipes of MODEL by measuring them on --device; choose the best one within the
@@ -185,6 +188,7 @@ def optimize_cmd(model, device, calibration, eval_, train, arch_scaling, compres
             space=space, connect=connect, inventory=inventory_path(inventory),
             options=ConvertOptions(input_shapes=parse_input_shapes(input_shapes)), seed=seed,
             remeasure=remeasure, compress=compress, size_metric=size_metric, db=db,
+            per_layer=per_layer,
             progress=lambda m: _progress(status, m))
     _show(study, as_json)
 

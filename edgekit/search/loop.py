@@ -55,6 +55,7 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
              space: SearchSpace | None = None, connect=None, inventory=None,
              options: ConvertOptions | None = None, seed: int = 0, remeasure: bool = True,
              compress: bool | None = None, size_metric: str = "bytes", db=None,
+             per_layer: bool = False,
              progress: Callable[[str], None] | None = None) -> Study:
     """Search for the best recipe of ``model`` on ``device``; write the study to ``out``.
 
@@ -71,6 +72,8 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
         time_budget_s: wall-clock seconds for this run (a resumed run gets a new one).
         out: the study folder (study.json, study.db, cache/, results.db, report, best recipe).
         storage: an SQLAlchemy URL for the Optuna study (default: SQLite in ``out``).
+        per_layer: each trial also times the artifact's layers on the device (``bench
+            --per-layer``); the explanation names the op type that takes longest per recipe.
         db: the results history the device measurements go to (a SQLite path or an SQLAlchemy
             URL such as a team's ``postgresql://...``; default ``results.db`` in ``out``).
         workers: worker processes on this machine sharing the study (builds overlap; the
@@ -164,7 +167,7 @@ def optimize(model, device="local", *, calibration, eval=None, train=None,
         device_spec=None if isinstance(device, str) else _spec_dict(device),
         connect=_connect_dict(connect),
         train=str(Path(train).resolve()) if train is not None else None,
-        size_metric=size_metric, results_db=_results_db(db))
+        size_metric=size_metric, results_db=_results_db(db), per_layer=per_layer)
     from edgekit.fsutil import write_json_atomic
 
     write_json_atomic(out / STUDY_FILE, settings.to_dict())

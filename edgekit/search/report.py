@@ -109,7 +109,7 @@ def explanation(trials, candidates, best, settings, info, side=None) -> list[str
             accuracy_drop=c.accuracy_drop, sqnr_db=c.sqnr_db, gate_passed=True,
             within_budget=c.feasible, artifact=c.artifact, result_id=c.result_id,
             note=", ".join(c.misses), variant=variant_of(c.recipe, c.format, c.precision),
-            trial_p50_ms=c.p50_ms if both else None)
+            trial_p50_ms=c.p50_ms if both else None, top_op=c.top_op)
         if base is not None:
             row.size_ratio = c.bytes / base.bytes if base.bytes else None
             row.latency_ratio = p50 / base_p50 if base_p50 else None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from converters.options import ConvertOptions
 from edgekit.errors import DeviceError
+from edgekit.perlayer import top_op_type
 from edgekit.recipe import TRAINING_STEPS, FileRef
 from edgekit.search.build import BuildCache, TrialFailed, fault_for
 from edgekit.search.settings import (
@@ -177,12 +178,15 @@ class TrialRunner:
                             threads=recipe.threads, xnnpack=recipe.xnnpack,
                             ort_opt_level=recipe.ort_opt_level, eval=bench_eval,
                             host_reference=self.spec.name != "local",
-                            timeout=self.s.trial_timeout_s, memory_limit_mb=memory_limit)[0]
+                            timeout=self.s.trial_timeout_s, memory_limit_mb=memory_limit,
+                            per_layer=self.s.per_layer)[0]
         m["result_id"] = res.id
         if not res.ok:
             self._check_device(trial, res.error)
             raise TrialFailed("benchmark", res.error or "the device run failed")
         metrics = res.metrics or {}
+        top = top_op_type(metrics)  # with --per-layer: where the time goes on the device
+        m["top_op"] = [top[0], top[1], metrics["per_layer"]["method"]] if top else None
         lat = metrics.get("latency_ms") or {}
         m["p50_ms"], m["p90_ms"] = lat.get("p50"), lat.get("p90")
         m["peak_rss_bytes"] = (metrics.get("memory") or {}).get("peak_rss_bytes")

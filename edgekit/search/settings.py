@@ -137,6 +137,7 @@ class Settings:
     train: str | None = None
     size_metric: str = "bytes"
     results_db: str | None = None  # a team's results history (path or URL); None: out/results.db
+    per_layer: bool = False  # each trial also times the artifact's layers on the device
 
     @property
     def size_key(self) -> str:

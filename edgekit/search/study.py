@@ -81,6 +81,7 @@ class TrialRow:
     seconds: float | None = None
     side_by_side_ms: float | None = None
     side_by_side_rounds_ms: list = field(default_factory=list)
+    top_op: list | None = None  # [op type, share, method] of the per-layer figures, if timed
 
     @property
     def name(self) -> str:
@@ -182,7 +183,7 @@ def trial_rows(study) -> list[TrialRow]:
                            "zstd_bytes", "sha256", "artifact",
                            "format", "precision", "accuracy", "source_accuracy",
                            "accuracy_drop", "accuracy_source", "sqnr_db", "error",
-                           "failed_stage", "result_id", "seconds")})
+                           "failed_stage", "result_id", "seconds", "top_op")})
         if state == "pruned":
             row.error = a["pruned_reason"]
         if state == "failed" and row.error is None:

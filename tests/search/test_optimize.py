@@ -566,3 +566,16 @@ def test_recipes_differing_in_one_runtime_setting_are_paired_in_the_advice():
     lines = setting_lines(rows, CpuFacts.from_probe({"arch": "x86_64",
                                                      "cpu": {"features": ["avx2"]}}))
     assert [t.split(" ")[0] for t in lines] == ["tflite-fp32", "ONNX", "onnx-int8"]
+
+
+def test_optimize_per_layer_names_where_the_time_goes(digits_cnn, tmp_path):
+    """`optimize --per-layer`: each trial times the artifact's layers on the device, the trial
+    rows keep the op type that takes longest, and the explanation names it."""
+    space = SearchSpace(targets=("tflite-int8",), threads=(1,), repair=False, xnnpack=(False,))
+    s = optimize(digits_cnn.keras, calibration=CALIB, eval=EVAL, budget=2, runs=5, space=space,
+                 out=tmp_path / "opt", remeasure=False, per_layer=True)
+    done = [t for t in s.trials if t.state == "complete"]
+    assert done and all(t.top_op and 0 < t.top_op[1] <= 1 for t in done)
+    line = next(x for x in s.text if "% of " in x and " takes " in x)
+    assert f"{done[0].top_op[0]} takes" in line and "on local" in line
+    assert s.settings.per_layer
