@@ -101,7 +101,11 @@ def test_bench_on_the_board_matches_host_accuracy_and_is_stored(board, board_set
             # bound is explicit, not equality.
             diff = abs(m["accuracy"]["top1"] - host["metrics"]["accuracy"]["top1"])
             assert diff <= 0.02, (target, m["accuracy"], host["metrics"]["accuracy"])
-            assert agree["top1_agreement"] >= 0.98 and agree["sqnr_db"] >= 20, agree
+            # On a host with VNNI (U8S8 without the int16 saturation) the outputs can also be
+            # the same bytes: no noise, no SQNR (None).
+            assert agree["top1_agreement"] >= 0.98, agree
+            assert agree["sqnr_db"] is None and agree["max_abs_error"] == 0 \
+                or agree["sqnr_db"] >= 20, agree
     # Stored: one row per artifact, readable back through the CLI with the emulation flag.
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT device, artifact_sha256, ok, accuracy FROM results").fetchall()
