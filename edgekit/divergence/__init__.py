@@ -44,6 +44,9 @@ DEFAULT_SAMPLES = 4
 #: Tensors compared at most (evenly spaced over the graph beyond it, the last always kept): the
 #: agent's document stays ~60 bytes a tensor, the reference pushed ~samples x tensor sizes.
 MAX_TENSORS = 256
+#: Largest reference pushed to the device (the host's tensors for every sample): beyond it fewer
+#: samples are compared (at least one), and the result says so.
+MAX_REFERENCE_BYTES = 64 << 20
 _SKIP_OPS = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "ConstantOfShape"}
 _COMPARED_TYPES = {1: "float32", 3: "int8", 2: "uint8", 10: "float16"}  # onnx elem types
 _INT8_TYPES = (2, 3)
@@ -209,6 +212,28 @@ def _dequantized(values: np.ndarray, probe: Probe) -> np.ndarray:
     return (values - probe.zero_point) * probe.scale
 
 
+def fit_reference(values: dict, per_sample: list, outputs: list,
+                  max_bytes: Optional[int] = None) -> tuple[dict, list, list, Optional[str]]:
+    """``values`` / ``per_sample`` / ``outputs`` cut to the samples whose tensors fit in
+    ``max_bytes`` (default ``MAX_REFERENCE_BYTES``; at least one sample), and a note saying so
+    (None when all fit)."""
+    max_bytes = MAX_REFERENCE_BYTES if max_bytes is None else max_bytes
+    n = len(per_sample)
+    total = sum(np.asarray(v).nbytes for v in values.values()) + \
+        sum(np.asarray(o).nbytes for o in outputs) + \
+        sum(np.asarray(a).nbytes for s in per_sample for a in s)
+    if n <= 1 or total <= max_bytes:
+        return values, per_sample, outputs, None
+    k = max(1, int(max_bytes // (total / n)))
+    if k >= n:
+        return values, per_sample, outputs, None
+    note = (f"{k} of {n} samples compared: the host's tensors take {total / n / (1 << 20):.1f} "
+            f"MiB a sample, the reference pushed to the device at most "
+            f"{max_bytes / (1 << 20):.0f} MiB")
+    return ({name: np.asarray(v)[:k] for name, v in values.items()}, per_sample[:k],
+            [np.asarray(o)[:k] for o in outputs], note)
+
+
 def write_reference(path: Path, probes: Sequence[Probe], values: dict, per_sample,
                     outputs: Sequence[np.ndarray] = ()) -> Path:
     """The ``.npz`` the agent's ``layers`` command compares against (see ``compare_layers``);
@@ -349,7 +374,7 @@ def measure_divergence(artifact, feeds, device, *, device_artifact=None, float_m
                 "device_cosine": outs[k]["cosine"]} for k, n in enumerate(out_names) if k in outs]
     return {"device": spec.name, "artifact": str(artifact),
             "device_artifact": str(device_artifact or artifact),
-            "samples": len(per_sample), "threshold_db": options.threshold_db,
+            "samples": prep.samples or len(per_sample), "threshold_db": options.threshold_db,
             "tensor_count": total, "compared": len(stats),
             "method": doc["layers"].get("method"), "runtime": doc.get("runtime"),
             "runtime_version": doc.get("runtime_version"), "layers": rows,
@@ -371,6 +396,7 @@ class _Prepared:
     quant: dict
     kernels: Optional[dict] = None
     note: Optional[str] = None
+    samples: Optional[int] = None  # samples in the reference (fewer than asked when capped)
 
 
 def _prepare_onnx(artifact, device_artifact, float_model, per_sample, out_names, options,
@@ -383,14 +409,15 @@ def _prepare_onnx(artifact, device_artifact, float_model, per_sample, out_names,
     host_model = with_outputs(model, names, wd / "host.onnx")
     values = host_values(host_model, names, per_sample, options.ort_opt_level)
     plain = host_values(artifact, out_names, per_sample, options.ort_opt_level)
-    ref = write_reference(wd / "reference.npz", probes, values, per_sample,
-                          [plain[n] for n in out_names])
+    values, per_sample, outs, capped = fit_reference(values, per_sample,
+                                                     [plain[n] for n in out_names])
+    ref = write_reference(wd / "reference.npz", probes, values, per_sample, outs)
     on_device = host_model if device_artifact is None else with_outputs(
         onnx.load(str(device_artifact)), names, wd / "device.onnx")
     quant = _float_comparison(float_model, probes, values, per_sample, wd)
     kernels = {"artifact": int8_kernels(artifact, options.ort_opt_level),
                "copy": int8_kernels(host_model, options.ort_opt_level)}
-    return _Prepared(probes, total, on_device, ref, quant, kernels)
+    return _Prepared(probes, total, on_device, ref, quant, kernels, capped, len(per_sample))
 
 
 def _prepare_tflite(artifact, device_artifact, float_model, per_sample, out_names, options,
@@ -399,11 +426,14 @@ def _prepare_tflite(artifact, device_artifact, float_model, per_sample, out_name
 
     probes, total = plan_tflite(artifact, options.max_tensors)
     values = tflite_values(artifact, probes, per_sample)
-    ref = write_reference(wd / "reference.npz", probes, values, per_sample,
-                          tflite_outputs(artifact, per_sample))
+    values, per_sample, outs, capped = fit_reference(values, per_sample,
+                                                     list(tflite_outputs(artifact, per_sample)))
+    ref = write_reference(wd / "reference.npz", probes, values, per_sample, outs)
     note = ("layers read with LiteRT's built-in kernels (XNNPACK off, all tensors preserved: "
             "no buffer reuse); the artifact's outputs with its default XNNPACK delegate")
-    return _Prepared(probes, total, Path(device_artifact or artifact), ref, {}, None, note)
+    note = note if capped is None else f"{note}; {capped}"
+    return _Prepared(probes, total, Path(device_artifact or artifact), ref, {}, None, note,
+                     len(per_sample))
 
 
 def _float_comparison(float_model, probes, values, per_sample, wd: Path) -> dict:

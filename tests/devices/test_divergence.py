@@ -186,6 +186,27 @@ def test_one_perturbed_node_is_named_as_the_first_departing_layer(models, tmp_pa
     assert "conv3" in marked
 
 
+def test_a_reference_over_the_byte_cap_compares_fewer_samples_and_says_so(models, tmp_path,
+                                                                         monkeypatch):
+    """The host's tensors for every sample go to the device: beyond the cap, fewer samples (at
+    least one), named in the result's note; the perturbed node is still found."""
+    import edgekit.divergence as div
+
+    monkeypatch.setattr(div, "MAX_REFERENCE_BYTES", 1)  # smaller than any one sample
+    doc = measure_divergence(models.int8, [models.eval], local(tmp_path),
+                             device_artifact=models.perturbed,
+                             options=DivergenceOptions(samples=3))
+    assert doc["samples"] == 1 and "1 of 3 samples compared" in doc["note"]
+    check_departure(doc, PERTURBED)
+    values = {"t": np.zeros((4, 1000), np.float32)}  # 4 kB a sample (+ inputs and outputs)
+    feeds = [[np.zeros((1, 10), np.float32)] for _ in range(4)]
+    outs = [np.zeros((4, 10), np.float32)]
+    kept, feeds2, outs2, note = div.fit_reference(values, feeds, outs, max_bytes=9000)
+    assert kept["t"].shape == (2, 1000) and len(feeds2) == 2 and outs2[0].shape == (2, 10)
+    assert note.startswith("2 of 4 samples compared")
+    assert div.fit_reference(values, feeds, outs, max_bytes=1 << 20)[3] is None
+
+
 def test_qoperator_artifact_reads_out_its_fused_kernels(models, tmp_path):
     """QLinearConv nodes in the file: their int8 outputs are read out as they are (nothing to
     fuse), dequantized with each node's output scale, set against the float Relu outputs."""
