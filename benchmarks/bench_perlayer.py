@@ -85,6 +85,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="digits only")
     p.add_argument("--board", action="store_true", help="also the emulated arm64 board (root)")
     p.add_argument("--board-runs", type=int, default=10)
+    p.add_argument("--board-size", type=int, default=96,
+                   help="MobileNetV2 input size on the board (qemu runs it 10-30x slower; the "
+                        "TFLite per-layer pass times 64 cut models)")
     args = p.parse_args()
     folder = _tmpdir("edgekit-bench-perlayer-")
     quiet_environment()
@@ -97,7 +100,7 @@ def main() -> None:
         if not args.quick:
             tfl, onnx = build_mobilenet(folder, args.size)
             models += [("MobileNetV2", tfl), ("MobileNetV2", onnx)]
-    tables = [("local", args.runs, {}, True)]
+    tables = [("local", args.runs, {}, True, models)]
     board = None
     if args.board:
         sys.path.insert(0, str(ROOT / "tests" / "boards"))
@@ -111,11 +114,19 @@ def main() -> None:
         edgekit_json("devices", "setup", ALIAS, *board.cli_connection())
         connect = ConnectOptions(ssh_config=board.ssh_config, known_hosts=board.known_hosts,
                                  connect_timeout=60)
-        tables.append((ALIAS, args.board_runs, {"connect": connect,
-                                                "inventory": board.inventory}, False))
+        board_models = models[:2]
+        if not args.quick:
+            sub = folder / f"mobilenet{args.board_size}"
+            sub.mkdir()
+            with captured_native_output((1, 2)), contextlib.redirect_stdout(io.StringIO()):
+                tfl, onnx = build_mobilenet(sub, args.board_size)
+            name = f"MobileNetV2-{args.board_size}"
+            board_models += [(name, tfl), (name, onnx)]
+        tables.append((ALIAS, args.board_runs, {"connect": connect, "inventory": board.inventory,
+                                                "timeout": 1800}, False, board_models))
     try:
-        for device, runs, kw, show_ms in tables:
-            table(device, models, runs, folder, kw, show_ms)
+        for device, runs, kw, show_ms, which in tables:
+            table(device, which, runs, folder, kw, show_ms)
     finally:
         if board is not None:
             from conftest import board_script
