@@ -28,7 +28,9 @@ class OutputFidelity:
         task: what the output is for (``edgekit.fidelity.tasks``): classification, detection,
             segmentation, embedding, regression, integer, or ``passthrough`` / ``constant``
             (not judged: the output repeats an input, or the source never varies it).
-        metric: the task's measure, ``{"name", "value", "ci": [lo, hi] | None, "samples"}``.
+        metric: the task's measure, ``{"name", "value", "ci": [lo, hi] | None, "samples"}``
+            (``samples``: eval samples), with ``"ci_method"`` naming how the interval was made
+            (``edgekit.fidelity.stats``).
         details: the task's other figures (recall/precision/mAP, top-5, min cosine...).
         worst_slice: the worst group of indices along one axis (box coordinates vs scores...).
         note: why an output is not judged.

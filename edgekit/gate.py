@@ -17,7 +17,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from edgekit.artifact import Fidelity, OutputFidelity
-from edgekit.fidelity.stats import samples_to_decide_mean, samples_to_decide_rate
+from edgekit.fidelity.stats import (
+    CI_BOOTSTRAP,
+    samples_to_decide_interval,
+    samples_to_decide_mean,
+    samples_to_decide_rate,
+)
 from edgekit.fidelity.tasks import FLAT_REL_ERROR
 
 QUANTIZED = ("int8", "dynamic-int8", "int16x8")
@@ -135,7 +140,8 @@ class Gate:
             out += _rate_miss("exact matches", value, ci, self.min_top1_agreement or 0.97)
         elif o.task == "detection" and value is not None and self.min_detection_f1 is not None:
             d = o.details
-            miss = _rate_miss("detection F1", value, ci, self.min_detection_f1, percent=False)
+            miss = _rate_miss("detection F1", value, ci, self.min_detection_f1, percent=False,
+                              metric=m)
             out += [(f"{t} ({d.get('true_positives')} of the source's "
                      f"{d.get('reference_detections')} detections found, "
                      f"{d.get('artifact_detections')} reported)", dec, n) for t, dec, n in miss]
@@ -211,7 +217,7 @@ class Verdict:
     uncertain: list[str] = field(default_factory=list)  # below the bar, within the interval
 
 
-def _rate_miss(name, value, ci, bar, percent=True):
+def _rate_miss(name, value, ci, bar, percent=True, metric=None):
     if value >= bar:
         return []
     if percent:
@@ -221,7 +227,12 @@ def _rate_miss(name, value, ci, bar, percent=True):
     else:
         text = f"{name} {value:.3f} < {bar:g}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
     decisive = ci is None or ci[1] < bar
-    return [(text, decisive, None if decisive else samples_to_decide_rate(value, bar))]
+    if decisive:
+        return [(text, True, None)]
+    if (metric or {}).get("ci_method") == CI_BOOTSTRAP:
+        # A pooled figure: its interval narrows with the eval samples, not with the detections.
+        return [(text, False, samples_to_decide_interval(value, ci, metric.get("samples"), bar))]
+    return [(text, False, samples_to_decide_rate(value, bar))]
 
 
 def _mean_miss(name, m, bar):

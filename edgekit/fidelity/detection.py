@@ -138,11 +138,14 @@ def compare(ref: list[Detections], got: list[Detections]) -> dict:
     """The artifact's detections against the source's: true/false positives at IoU 0.5 with the
     same class (and the same anchor, where both carry anchors; greedy by score), recall,
     precision, F1 and mAP@0.5 (all-point interpolation, classes present in the source's
-    detections)."""
+    detections). ``per_sample`` holds each sample's counts, ``[N, 3]``: reference detections,
+    true positives, artifact detections (the pooled figures' interval resamples these rows)."""
     tp = fp = n_ref = 0
     per_class: dict = {}
+    rows = []
     for r, g in zip(ref, got, strict=True):
         n_ref += len(r.boxes)
+        tp0, fp0 = tp, fp
         ious = iou_matrix(g.boxes, r.boxes)
         used = np.zeros(len(r.boxes), dtype=bool)
         for i in np.argsort(-g.scores):
@@ -157,6 +160,7 @@ def compare(ref: list[Detections], got: list[Detections]) -> dict:
             per_class.setdefault(int(g.classes[i]), []).append((float(g.scores[i]), hit))
         for c in r.classes:
             per_class.setdefault(int(c), [])
+        rows.append((len(r.boxes), tp - tp0, (tp - tp0) + (fp - fp0)))
     fn = n_ref - tp
     recall = tp / n_ref if n_ref else None
     precision = tp / (tp + fp) if tp + fp else (None if n_ref == 0 else 0.0)
@@ -181,4 +185,5 @@ def compare(ref: list[Detections], got: list[Detections]) -> dict:
         aps.append(float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1])))
     return {"reference_detections": int(n_ref), "artifact_detections": int(tp + fp),
             "true_positives": int(tp), "recall": recall, "precision": precision, "f1": f1,
-            "map50": float(np.mean(aps)) if aps else None}
+            "map50": float(np.mean(aps)) if aps else None,
+            "per_sample": np.asarray(rows, dtype=np.int64).reshape(-1, 3)}

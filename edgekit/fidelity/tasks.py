@@ -33,7 +33,14 @@ from edgekit.fidelity.metrics import (
     topk_agreement,
 )
 from edgekit.fidelity.slices import measure_slices, worst_slice
-from edgekit.fidelity.stats import mean_interval, wilson
+from edgekit.fidelity.stats import (
+    CI_BOOTSTRAP,
+    CI_MEAN,
+    CI_WILSON,
+    bootstrap_ratio,
+    mean_interval,
+    wilson,
+)
 
 
 class Task(str, Enum):
@@ -112,9 +119,13 @@ def detect_task(ref: np.ndarray) -> Task:
     return Task.REGRESSION
 
 
-def _metric(name, value, ci=None, samples=None, **extra) -> dict:
+def _metric(name, value, ci=None, samples=None, ci_method=None, **extra) -> dict:
+    """One gate figure: ``samples`` counts eval samples (the interval's unit), ``ci_method``
+    names how the interval was made (:mod:`edgekit.fidelity.stats`)."""
     out = {"name": name, "value": None if value is None else float(value),
            "ci": None if ci is None else [float(ci[0]), float(ci[1])], "samples": samples}
+    if ci is not None and ci_method is not None:
+        out["ci_method"] = ci_method
     out.update(extra)
     return out
 
@@ -165,7 +176,8 @@ def judge_output(name: str, ref: np.ndarray, got: np.ndarray, *, task: Task = Ta
     if np.asarray(ref).dtype.kind in "iub":
         same = np.all((reff == gotf).reshape(n, -1), axis=1)
         of.task = INTEGER
-        of.metric = _metric("exact_match", np.mean(same), wilson(int(np.sum(same)), n), n)
+        of.metric = _metric("exact_match", np.mean(same), wilson(int(np.sum(same)), n), n,
+                            CI_WILSON)
         return of
 
     kind = task if task != Task.AUTO else detect_task(reff)
@@ -192,7 +204,8 @@ def _judge_task(kind: Task, ref, got, labels):
             labels = np.asarray(labels).reshape(-1)
             details["accuracy"] = float(np.mean(np.argmax(got, 1) == labels))
             details["source_accuracy"] = float(np.mean(np.argmax(ref, 1) == labels))
-        return _metric("top1_agreement", np.mean(agree), wilson(int(np.sum(agree)), n), n), details
+        return _metric("top1_agreement", np.mean(agree), wilson(int(np.sum(agree)), n), n,
+                       CI_WILSON), details
     if kind == Task.DETECTION:
         layout = yolo_layout(ref) or ("v8" if ref.ndim == 3 and ref.shape[1] < ref.shape[2]
                                       else "v5" if ref.ndim == 3 else None)
@@ -209,12 +222,12 @@ def _judge_task(kind: Task, ref, got, labels):
         else:
             rm, gm = class_masks(ref, axis, SEG_THRESHOLD), class_masks(got, axis, SEG_THRESHOLD)
         ious = iou_per_sample(rm, gm)
-        return (_metric("mask_iou", np.mean(ious), mean_interval(ious), n, sd=_sd(ious)),
+        return (_metric("mask_iou", np.mean(ious), mean_interval(ious), n, CI_MEAN, sd=_sd(ious)),
                 {"min_iou": float(np.min(ious)), "threshold": SEG_THRESHOLD,
                  "channel_axis": axis})
     if kind == Task.EMBEDDING:
         cos = cosine_per_sample(ref, got)
-        return (_metric("cosine", np.mean(cos), mean_interval(cos), n, sd=_sd(cos)),
+        return (_metric("cosine", np.mean(cos), mean_interval(cos), n, CI_MEAN, sd=_sd(cos)),
                 {"min_cosine": float(np.min(cos))})
     # regression: the worst slice's SQNR (the whole output when nothing splits)
     return _metric("sqnr_db", sqnr_db(ref, got), None, n), {}
@@ -226,18 +239,23 @@ def _sd(v) -> Optional[float]:
 
 
 def _detection_metric(cmp: dict, layout: str):
-    """F1 at IoU 0.5 with its interval from the Wilson intervals of recall and precision."""
-    n_ref, tp, n_got = cmp["reference_detections"], cmp["true_positives"], cmp["artifact_detections"]
+    """F1 at IoU 0.5, its interval (and recall's and precision's) from a bootstrap over the eval
+    samples: the figures pool every detection, but the samples are what was drawn, and one
+    image's detections fail together (:func:`edgekit.fidelity.stats.bootstrap_ratio`)."""
+    cmp = dict(cmp)
+    counts = cmp.pop("per_sample")
+    n = int(len(counts))
+    n_ref, n_got = cmp["reference_detections"], cmp["artifact_detections"]
     if n_ref == 0 and n_got == 0:
-        return _metric("detection_f1", None, None, 0), {**cmp, "layout": layout,
+        return _metric("detection_f1", None, None, n), {**cmp, "layout": layout,
                                                          "note": "no detections in either model"}
-    r_ci, p_ci = wilson(tp, n_ref), wilson(tp, n_got)
-
-    def f1(r, p):
-        return 2 * r * p / (r + p) if r + p > 0 else 0.0
-
-    ci = (f1(r_ci[0], p_ci[0]), f1(r_ci[1], p_ci[1])) if r_ci and p_ci else None
-    return _metric("detection_f1", cmp["f1"], ci, n_ref), {**cmp, "layout": layout}
+    refs, tps, gots = counts[:, 0], counts[:, 1], counts[:, 2]
+    ci = bootstrap_ratio(2 * tps, refs + gots)
+    details = {**cmp, "layout": layout}
+    for key, den in (("recall_ci", refs), ("precision_ci", gots)):
+        part = bootstrap_ratio(tps, den)
+        details[key] = None if part is None else [float(part[0]), float(part[1])]
+    return _metric("detection_f1", cmp["f1"], ci, n, CI_BOOTSTRAP), details
 
 
 def judge_detection_pair(boxes_ref, boxes_got, scores_ref, scores_got, layout: str = "ssd"
@@ -260,7 +278,8 @@ def judge_detection_pair(boxes_ref, boxes_got, scores_ref, scores_got, layout: s
         score_threshold=det.LOGIT_SCORE_THRESHOLD, box="x_center, y_center, w, h per anchor",
         matching=("per anchor, IoU >= 0.5 on the raw box (decoding scales and shifts both boxes "
                   "of an anchor alike); before NMS, so a face seen by several anchors counts "
-                  "once per anchor and the interval treats anchors as independent"))
+                  "once per anchor; the interval resamples whole images, so those anchors "
+                  "stay together"))
     return metric, details
 
 
