@@ -4,6 +4,7 @@ the session's sshd, reached through two more sshd that each let one tunnel throu
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,3 +160,20 @@ def test_a_proxy_command_that_never_answers_times_out(lab, tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "through ProxyCommand `sleep 60`" in msg and "within 2 s" in msg
     assert "exited" not in msg  # it was stopped by us, not a failure of its own
+
+
+def test_without_ssh_the_fallback_parser_gives_the_chain_and_the_command(lab, tmp_path,
+                                                                         monkeypatch):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ps").symlink_to(shutil.which("ps"))  # for SshServer.children()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no `ssh`: paramiko's parser reads it
+    cfg = lab.config("fallback-chain", "  ProxyJump gw1,gw2\n")
+    spec = replace(parse_device("board", None, cfg), workdir=str(tmp_path / "w"))
+    assert spec.proxy_jump == "gw1,gw2"
+    with Device.open(spec, ConnectOptions(ssh_config=cfg)) as dev:
+        assert dev.transport.run(["true"]).ok
+        assert len(lab.gw1.children()) == 1 and len(lab.gw2.children()) == 1
+    assert _sessions_end(lab.gw1, lab.gw2)
+    cfg = lab.config("fallback-pc", "  ProxyCommand nc %h %p %r\n")
+    assert parse_device("board", None, cfg).proxy_command == (
+        f"nc 127.0.0.1 {lab.board.port} root")
