@@ -34,6 +34,9 @@ from edgekit.errors import DeviceError, HostKeyError, InputError
 
 log = logging.getLogger(__name__)
 
+#: How deep jump hosts of jump hosts may nest (the first hop's own ProxyJump, and so on).
+MAX_JUMP_DEPTH = 8
+
 
 class _ParamikoOnlyWhenDebugging(logging.Filter):
     """paramiko's transport thread logs each failed handshake as an ERROR traceback (22 lines
@@ -106,11 +109,12 @@ class SSHTransport(Transport):
     """
 
     def __init__(self, spec: DeviceSpec, options: Optional[ConnectOptions] = None, *,
-                 via: Optional[SSHTransport] = None):
+                 via: Optional[SSHTransport] = None, _depth: int = 0):
         self.spec = spec
         self.options = options or ConnectOptions()
         self.name = spec.name
         self._via = via
+        self._depth = _depth  # jump hosts of jump hosts: a config that loops must end
         self._hops: list[SSHTransport] = []  # the jump hosts this connection owns, first first
         self._proxy: Optional[ProxyProcess] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
@@ -199,6 +203,10 @@ class SSHTransport(Transport):
         resolved through the ssh_config; the first keeps its own ProxyJump / ProxyCommand, each
         later one is reached through the hop before it."""
         hops = split_jumps(self.spec.proxy_jump)
+        if self._depth >= MAX_JUMP_DEPTH:
+            raise DeviceError(f"{self.spec.name}: jump hosts of jump hosts nest deeper than "
+                              f"{MAX_JUMP_DEPTH} (ProxyJump {self.spec.proxy_jump}): does the "
+                              "ssh_config give a jump host a ProxyJump that leads back to it?")
         opened: list[SSHTransport] = []
         try:
             for i, text in enumerate(hops):
@@ -209,7 +217,8 @@ class SSHTransport(Transport):
                     if opened:
                         hop = replace(hop, proxy_jump=None, proxy_command=None)
                     opened.append(SSHTransport(hop, self.options,
-                                               via=opened[-1] if opened else None))
+                                               via=opened[-1] if opened else None,
+                                               _depth=self._depth + 1))
                 except (HostKeyError, DeviceError, InputError) as e:
                     if getattr(e, "hop_named", False):  # a hop of a hop: named already
                         raise

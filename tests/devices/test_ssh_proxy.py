@@ -177,3 +177,12 @@ def test_without_ssh_the_fallback_parser_gives_the_chain_and_the_command(lab, tm
     cfg = lab.config("fallback-pc", "  ProxyCommand nc %h %p %r\n")
     assert parse_device("board", None, cfg).proxy_command == (
         f"nc 127.0.0.1 {lab.board.port} root")
+
+
+def test_a_jump_host_config_that_loops_is_one_error(lab, tmp_path):
+    cfg = lab.config("loop", "  ProxyJump gw1\n")
+    cfg.write_text(cfg.read_text().replace("Host gw1\n", "Host gw1\n  ProxyJump gw1\n", 1))
+    spec = replace(parse_device("board", None, cfg), workdir=str(tmp_path / "w"))
+    with pytest.raises(DeviceError, match="nest deeper than 8") as e:
+        Device.open(spec, ConnectOptions(ssh_config=cfg, connect_timeout=5))
+    assert "\n" not in str(e.value) and str(e.value).startswith("jump host gw1 ")
