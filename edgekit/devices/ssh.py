@@ -219,7 +219,7 @@ class SSHTransport(Transport):
                     opened.append(SSHTransport(hop, self.options,
                                                via=opened[-1] if opened else None,
                                                _depth=self._depth + 1))
-                except (HostKeyError, DeviceError, InputError) as e:
+                except (DeviceError, InputError) as e:  # HostKeyError is a DeviceError
                     if getattr(e, "hop_named", False):  # a hop of a hop: named already
                         raise
                     named = type(e)(f"{where}: {e}")
