@@ -176,8 +176,10 @@ class SshServer:
         return [int(p) for p in out.split()]
 
 
-def start_sshd(user_key: Path, alias: str = "edgebox", host_key: Path | None = None) -> SshServer:
-    """Start ``sshd -D -e`` on a free loopback port accepting ``user_key`` for root."""
+def start_sshd(user_key: Path, alias: str = "edgebox", host_key: Path | None = None,
+               extra_config: str = "") -> SshServer:
+    """Start ``sshd -D -e`` on a free loopback port accepting ``user_key`` for root
+    (``extra_config``: more sshd_config lines, e.g. ``PermitOpen``)."""
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     folder = _tmpdir("edgekit-sshd-")
     if host_key is None:
@@ -198,7 +200,7 @@ def start_sshd(user_key: Path, alias: str = "edgebox", host_key: Path | None = N
         # Root's ~/.bashrc, which bash reads for ssh commands, may put pyenv's shims first on
         # PATH: PYENV_VERSION=system makes a shim run the next python3 on PATH (the venv's).
         f"SetEnv PATH={Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin "
-        "PYENV_VERSION=system\n")
+        "PYENV_VERSION=system\n" + extra_config)
     log = open(folder / "sshd.log", "w")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=log,
                             stdin=subprocess.DEVNULL)

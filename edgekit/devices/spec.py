@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import re
@@ -13,14 +14,15 @@ from typing import Optional
 
 import tomllib
 
-from edgekit.devices.ssh_config import resolve_host
+from edgekit.devices.ssh_config import expand_proxy_command, resolve_host
 from edgekit.errors import InputError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = "~/.cache/edgekit"
 INVENTORY_NAME = "devices.toml"
-_INVENTORY_KEYS = {"host", "user", "port", "key", "python", "workdir", "tags", "proxy_jump"}
+_INVENTORY_KEYS = {"host", "user", "port", "key", "python", "workdir", "tags", "proxy_jump",
+                   "proxy_command"}
 _USER_HOST_PORT = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
 
@@ -74,7 +76,10 @@ class DeviceSpec:
         python: the device's Python interpreter (a venv made by ``devices setup`` wins).
         workdir: cache folder on the device (``~`` is the remote home).
         tags: free labels from the inventory.
-        proxy_jump: ``[user@]host[:port]`` to tunnel through (from ssh_config or inventory).
+        proxy_jump: ``[user@]host[:port]`` jump hosts to tunnel through, comma-separated and
+            first hop first, as OpenSSH's ProxyJump (from ssh_config or inventory).
+        proxy_command: a command whose stdin/stdout reach the device's sshd, as OpenSSH's
+            ProxyCommand, %-tokens expanded (used only without ``proxy_jump``).
     """
 
     name: str
@@ -86,6 +91,7 @@ class DeviceSpec:
     workdir: str = DEFAULT_WORKDIR
     tags: tuple[str, ...] = ()
     proxy_jump: Optional[str] = None
+    proxy_command: Optional[str] = None
     known_hosts: Optional[str] = None  # from the ssh_config's UserKnownHostsFile
     explicit_python: bool = False  # python given by the user: do not switch to the setup venv
     extra: dict = field(default_factory=dict, compare=False)
@@ -146,7 +152,7 @@ def load_inventory(path) -> dict[str, DeviceSpec]:
             port=int(entry["port"]) if "port" in entry else None, keys=keys,
             python=entry.get("python", "python3"), workdir=entry.get("workdir", DEFAULT_WORKDIR),
             tags=tuple(entry.get("tags", ())), proxy_jump=entry.get("proxy_jump"),
-            explicit_python="python" in entry)
+            proxy_command=entry.get("proxy_command"), explicit_python="python" in entry)
     return out
 
 
@@ -159,10 +165,11 @@ def default_inventory() -> Optional[Path]:
 
 
 def apply_ssh_config(spec: DeviceSpec, ssh_config: Optional[Path] = None) -> DeviceSpec:
-    """Fill HostName, User, Port, IdentityFile, ProxyJump, UserKnownHostsFile from ssh_config
-    (resolved by OpenSSH itself when installed: ``edgekit.devices.ssh_config``).
+    """Fill HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand, UserKnownHostsFile
+    from ssh_config (resolved by OpenSSH itself when installed: ``edgekit.devices.ssh_config``).
 
-    Values already set on ``spec`` (from the command line or inventory) win, as in OpenSSH.
+    Values already set on ``spec`` (from the command line or inventory) win, as in OpenSSH; a
+    jump or proxy command given there replaces both of the config's.
 
     Raises:
         InputError: the config is missing or OpenSSH refuses it.
@@ -170,9 +177,16 @@ def apply_ssh_config(spec: DeviceSpec, ssh_config: Optional[Path] = None) -> Dev
     if spec.is_local:
         return spec
     cfg = resolve_host(spec.host, ssh_config, spec.user, spec.port)
+    jump, command = cfg.proxy_jump, cfg.proxy_command
+    if spec.proxy_jump or spec.proxy_command:
+        jump, command = spec.proxy_jump, spec.proxy_command
+        if command:
+            command = expand_proxy_command(command, spec.host, cfg.hostname,
+                                           spec.port or cfg.port or 22,
+                                           spec.user or cfg.user or getpass.getuser())
     return replace(
         spec, host=cfg.hostname, user=spec.user or cfg.user, port=spec.port or cfg.port,
-        keys=spec.keys or cfg.identity_files, proxy_jump=spec.proxy_jump or cfg.proxy_jump,
+        keys=spec.keys or cfg.identity_files, proxy_jump=jump, proxy_command=command,
         known_hosts=spec.known_hosts or cfg.known_hosts)
 
 

@@ -1,8 +1,12 @@
-"""SSHTransport: the only module that imports paramiko.
+"""SSHTransport: with ``ssh_proxy.py``, the only module that imports paramiko.
 
 Security defaults follow OpenSSH: host keys are checked against known_hosts; an unknown host is
 refused (its fingerprint is in the message) unless ``trust_new_host`` (accept-new) is set, and a
 changed key is always refused. Keys come from the spec / ssh_config and from ssh-agent.
+
+Like ``ssh``, the connection goes through ProxyJump hops (each hop resolved through the
+ssh_config and its host key checked, the next hop's connection a ``direct-tcpip`` channel of the
+previous one) or through a ProxyCommand process.
 """
 
 from __future__ import annotations
@@ -17,16 +21,21 @@ import shlex
 import socket
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import paramiko
 
 from edgekit.devices.spec import ConnectOptions, DeviceSpec, parse_device
+from edgekit.devices.ssh_proxy import ProxyProcess, split_jumps
 from edgekit.devices.transport import Transport
-from edgekit.errors import DeviceError, HostKeyError
+from edgekit.errors import DeviceError, HostKeyError, InputError
 
 log = logging.getLogger(__name__)
+
+#: How deep jump hosts of jump hosts may nest (the first hop's own ProxyJump, and so on).
+MAX_JUMP_DEPTH = 8
 
 
 class _ParamikoOnlyWhenDebugging(logging.Filter):
@@ -86,19 +95,28 @@ class SSHTransport(Transport):
     """A device reached over SSH (paramiko), with SFTP for files.
 
     Args:
-        spec: the device (host, user, port, keys, proxy_jump...).
+        spec: the device (host, user, port, keys, proxy_jump, proxy_command...).
         options: timeouts, retries, known_hosts and host-key policy.
+        via: the jump host to tunnel through instead of the spec's own proxy settings (the
+            previous hop of a ProxyJump chain; its owner closes it).
 
     Raises:
-        HostKeyError: unknown (without trust_new_host) or changed host key.
-        DeviceError: unreachable host, refused connection, failed authentication, timeout.
+        HostKeyError: unknown (without trust_new_host) or changed host key, of the device or
+            of a jump host (named).
+        DeviceError: unreachable host, refused connection, failed authentication, timeout, a
+            jump host that fails (named) or a ProxyCommand that exits.
+        InputError: a jump host that the ssh_config cannot resolve.
     """
 
-    def __init__(self, spec: DeviceSpec, options: Optional[ConnectOptions] = None):
+    def __init__(self, spec: DeviceSpec, options: Optional[ConnectOptions] = None, *,
+                 via: Optional[SSHTransport] = None, _depth: int = 0):
         self.spec = spec
         self.options = options or ConnectOptions()
         self.name = spec.name
-        self._jump: Optional[SSHTransport] = None
+        self._via = via
+        self._depth = _depth  # jump hosts of jump hosts: a config that loops must end
+        self._hops: list[SSHTransport] = []  # the jump hosts this connection owns, first first
+        self._proxy: Optional[ProxyProcess] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._home: Optional[str] = None
         self.client = self._connect()
@@ -116,6 +134,9 @@ class SSHTransport(Transport):
         port = spec.port or 22
         user = spec.user or getpass.getuser()  # OpenSSH's default: the local user name
         deadline = time.monotonic() + opts.connect_timeout
+        if self._via is None and spec.proxy_jump:
+            self._hops = self._open_hops()
+        via = self._hops[-1] if self._hops else self._via
         attempt = 0
         while True:
             client = paramiko.SSHClient()
@@ -125,17 +146,19 @@ class SSHTransport(Transport):
             client.set_missing_host_key_policy(policy(self.known_hosts))
             left = max(0.5, deadline - time.monotonic())
             try:
-                sock = self._proxy_sock(spec.host, port, left) if spec.proxy_jump else None
+                sock = self._proxy_sock(via, port, left)
                 client.connect(
                     spec.host, port=port, username=user, key_filename=list(spec.keys) or None,
                     allow_agent=True, look_for_keys=not spec.keys, timeout=left,
                     banner_timeout=left, auth_timeout=opts.auth_timeout, sock=sock,
                     channel_timeout=left)
-            except HostKeyError:
+            except (DeviceError, InputError):  # host key, a jump host, the ProxyCommand
                 client.close()
+                self._close_tunnels()
                 raise
             except paramiko.BadHostKeyException as e:
                 client.close()
+                self._close_tunnels()
                 raise HostKeyError(
                     f"host key for {spec.host}:{port} has CHANGED: got {e.key.get_name()} "
                     f"{fingerprint(e.key)}, known_hosts ({self.known_hosts}) has "
@@ -144,6 +167,7 @@ class SSHTransport(Transport):
                     f"`ssh-keygen -R '{_known_hosts_name(spec.host, port)}'`") from e
             except paramiko.AuthenticationException as e:
                 client.close()
+                self._close_tunnels()
                 keys = ", ".join(spec.keys) or "default keys"
                 raise DeviceError(
                     f"authentication as {user} on {spec.host}:{port} failed ({e}); offered "
@@ -151,13 +175,21 @@ class SSHTransport(Transport):
                     "IdentityFile) and the device's authorized_keys") from e
             except (OSError, EOFError, paramiko.SSHException) as e:
                 client.close()
+                if self._proxy is not None and self._proxy.ended_early():
+                    failure = self._proxy.failure(spec.name)  # ssh does not retry it either
+                    self._close_tunnels()
+                    raise failure from e
                 attempt += 1
                 wait = min(2.0 ** (attempt - 1) * 0.25, 2.0)
                 if attempt > opts.retries or time.monotonic() + wait >= deadline:
+                    self._close_tunnels()
+                    through = (f" through jump host {via.name}" if via is not None else
+                               f" through ProxyCommand `{spec.proxy_command}`"
+                               if spec.proxy_command else "")
                     raise DeviceError(
-                        f"cannot connect to {spec.name} ({user}@{spec.host}:{port}) after "
-                        f"{attempt} attempt(s) within {opts.connect_timeout:g} s: {_reason(e)}"
-                    ) from e
+                        f"cannot connect to {spec.name} ({user}@{spec.host}:{port}){through} "
+                        f"after {attempt} attempt(s) within {opts.connect_timeout:g} s: "
+                        f"{_reason(e)}") from e
                 log.info("connect to %s failed (%s); retrying in %.2f s", spec.name, e, wait)
                 time.sleep(wait)
                 continue
@@ -166,16 +198,63 @@ class SSHTransport(Transport):
                 transport.set_keepalive(int(opts.keepalive))
             return client
 
-    def _proxy_sock(self, host: str, port: int, timeout: float):
-        jump = parse_device(self.spec.proxy_jump, ssh_config=self.options.ssh_config)
-        if self._jump is not None:  # a retry: drop the previous attempt's tunnel
-            self._jump.close()
-        self._jump = SSHTransport(jump, self.options)
+    def _open_hops(self) -> list[SSHTransport]:
+        """Connect the ProxyJump chain, first hop first, as ``ssh -J a,b`` does: each hop is
+        resolved through the ssh_config; the first keeps its own ProxyJump / ProxyCommand, each
+        later one is reached through the hop before it."""
+        hops = split_jumps(self.spec.proxy_jump)
+        if self._depth >= MAX_JUMP_DEPTH:
+            raise DeviceError(f"{self.spec.name}: jump hosts of jump hosts nest deeper than "
+                              f"{MAX_JUMP_DEPTH} (ProxyJump {self.spec.proxy_jump}): does the "
+                              "ssh_config give a jump host a ProxyJump that leads back to it?")
+        opened: list[SSHTransport] = []
         try:
-            return self._jump.client.get_transport().open_channel(
-                "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
-        except (paramiko.SSHException, OSError) as e:
-            raise DeviceError(f"jump host {jump.name} could not reach {host}:{port}: {e}") from e
+            for i, text in enumerate(hops):
+                where = (f"jump host {text} (hop {i + 1} of {len(hops)} to {self.spec.name})"
+                         if len(hops) > 1 else f"jump host {text} (to {self.spec.name})")
+                try:
+                    hop = parse_device(text, ssh_config=self.options.ssh_config)
+                    if opened:
+                        hop = replace(hop, proxy_jump=None, proxy_command=None)
+                    opened.append(SSHTransport(hop, self.options,
+                                               via=opened[-1] if opened else None,
+                                               _depth=self._depth + 1))
+                except (DeviceError, InputError) as e:  # HostKeyError is a DeviceError
+                    if getattr(e, "hop_named", False):  # a hop of a hop: named already
+                        raise
+                    named = type(e)(f"{where}: {e}")
+                    named.hop_named = True
+                    raise named from e
+        except BaseException:
+            for hop in reversed(opened):
+                hop.close()
+            raise
+        return opened
+
+    def _proxy_sock(self, via: Optional[SSHTransport], port: int, timeout: float):
+        """What SSH runs over: a channel of the last jump host, a ProxyCommand process, or
+        None (paramiko connects directly)."""
+        host = self.spec.host
+        if via is not None:
+            try:
+                return via.client.get_transport().open_channel(
+                    "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise DeviceError(f"jump host {via.name} could not reach {host}:{port} for "
+                                  f"{self.spec.name}: {_reason(e)}") from e
+        if self.spec.proxy_command:
+            if self._proxy is not None:  # a retry: the previous attempt's process goes
+                self._proxy.close()
+            self._proxy = ProxyProcess(self.spec.proxy_command)
+            return self._proxy
+        return None
+
+    def _close_tunnels(self) -> None:
+        if self._proxy is not None:
+            self._proxy.close()
+        for hop in reversed(self._hops):
+            hop.close()
+        self._proxy, self._hops = None, []
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         if self._sftp is None:
@@ -318,13 +397,14 @@ class SSHTransport(Transport):
             raise DeviceError(f"{self.name}: cannot write {remote}: {_reason(e)}") from e
 
     def close(self):
-        for closer in (self._sftp, self.client, self._jump):
+        """Close the session, then its ProxyCommand or its jump hosts, last hop first."""
+        for closer in (self._sftp, self.client, self._proxy, *reversed(self._hops)):
             if closer is not None:
                 try:
                     closer.close()
                 except (OSError, EOFError, paramiko.SSHException) as e:
                     log.debug("%s: close: %s", self.name, e)
-        self._sftp, self._jump = None, None
+        self._sftp, self._proxy, self._hops = None, None, []
 
 
 def _reason(e: BaseException) -> str:
@@ -334,6 +414,10 @@ def _reason(e: BaseException) -> str:
         return "timed out"
     if isinstance(e, socket.gaierror):
         return f"unknown host ({e})"
+    if isinstance(e, paramiko.SSHException) and str(e) == "No existing session":
+        return "no SSH server answered in time"  # what paramiko says after a banner timeout
+    if isinstance(e, paramiko.ChannelException):
+        return f"the jump host refused the tunnel ({e.text})"
     if isinstance(e, EOFError):
         return "connection closed by the device"
     text = str(e) or type(e).__name__

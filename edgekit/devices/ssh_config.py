@@ -47,7 +47,10 @@ class HostConfig:
         hostname: the address to connect to (HostName, else the alias itself).
         user, port: the login (None: not given by the config).
         identity_files: IdentityFile entries that exist on this machine, in order.
-        proxy_jump: the ProxyJump value (None: direct).
+        proxy_jump: the ProxyJump value, ``[user@]host[:port]`` hops separated by commas
+            (None: direct).
+        proxy_command: the ProxyCommand with its %-tokens expanded (None: unset; OpenSSH keeps
+            whichever of ProxyJump and ProxyCommand comes first, so at most one is set).
         known_hosts: the first UserKnownHostsFile.
         reader: ``"ssh -G"`` or ``"paramiko"`` (the fallback parser).
     """
@@ -57,6 +60,7 @@ class HostConfig:
     port: Optional[int] = None
     identity_files: tuple[str, ...] = ()
     proxy_jump: Optional[str] = None
+    proxy_command: Optional[str] = None
     known_hosts: Optional[str] = None
     reader: str = "ssh -G"
 
@@ -130,10 +134,42 @@ def _ssh_g(ssh: str, host: str, ssh_config: Optional[Path], user: Optional[str],
                      jump or "", first("hostkeyalias"))
     keys = [_expand(k, tokens) for k in values.get("identityfile", []) if k.lower() != "none"]
     known = (first("userknownhostsfile") or "").split()
+    command = first("proxycommand")
+    if command is not None:
+        command = expand_proxy_command(command, host, hostname, resolved_port,
+                                       resolved_user or getpass.getuser())
     return HostConfig(hostname=hostname, user=resolved_user, port=resolved_port,
                       identity_files=tuple(k for k in keys if os.path.isfile(k)),
-                      proxy_jump=jump, known_hosts=_expand(known[0], tokens) if known else None,
+                      proxy_jump=jump, proxy_command=command,
+                      known_hosts=_expand(known[0], tokens) if known else None,
                       reader="ssh -G")
+
+
+def expand_proxy_command(command: str, original: str, hostname: str, port: int,
+                         user: str) -> str:
+    """Expand the %-tokens ProxyCommand accepts (ssh_config(5): ``%%``, ``%h``, ``%n``, ``%p``,
+    ``%r``), which OpenSSH 9.2's ``ssh -G`` prints unexpanded.
+
+    Args:
+        command: the ProxyCommand as the config gives it.
+        original: the host name as the user typed it (``%n``).
+        hostname, port, user: the resolved HostName, Port and User (``%h``, ``%p``, ``%r``).
+
+    Returns:
+        the command to run.
+
+    Raises:
+        InputError: a token ProxyCommand does not accept (OpenSSH refuses it too).
+    """
+    tokens = {"%": "%", "h": hostname, "n": original, "p": str(port), "r": user}
+
+    def one(m: re.Match) -> str:
+        if m.group(1) not in tokens:
+            raise InputError(f"ProxyCommand {command!r} for {original}: unknown token "
+                             f"%{m.group(1)} (ProxyCommand accepts %%, %h, %n, %p and %r)")
+        return tokens[m.group(1)]
+
+    return re.sub(r"%(.?)", one, command)
 
 
 def _home() -> str:
@@ -196,6 +232,9 @@ def _paramiko_lookup(host: str, ssh_config: Optional[Path]) -> HostConfig:
         identity_files=tuple(k for k in keys if os.path.isfile(k)),
         proxy_jump=None if (found.get("proxyjump") or "none").lower() == "none"
         else found["proxyjump"],
+        # paramiko's lookup expands ProxyCommand's %-tokens itself
+        proxy_command=None if (found.get("proxycommand") or "none").lower() == "none"
+        else found["proxycommand"],
         known_hosts=os.path.expanduser(known[0]) if known else None, reader="paramiko")
 
 

@@ -252,7 +252,7 @@ def test_proxy_jump_through_another_sshd(sshd, client_key, tmp_path):
         assert spec.proxy_jump == "jump"
         with Device.open(spec, ConnectOptions(ssh_config=cfg)) as dev:
             assert dev.transport.run(["true"]).ok
-            assert dev.transport._jump is not None  # really tunnelled
+            assert dev.transport._hops  # really tunnelled
     finally:
         inner.stop()
 

@@ -98,7 +98,7 @@ def test_proxy_jump_through_the_sshd_to_itself(sshd, client_key, tmp_path):
     assert spec.proxy_jump == "lab-hop" and spec.host == "127.0.0.1"
     with Device.open(replace_workdir(spec, tmp_path), ConnectOptions(ssh_config=cfg)) as dev:
         doc = dev.probe()
-        assert dev.transport._jump is not None  # really tunnelled through lab-hop
+        assert dev.transport._hops  # really tunnelled through lab-hop
     assert doc["ok"] and doc["python"]["executable"]
 
 
@@ -175,7 +175,7 @@ def test_without_ssh_the_fallback_resolves_and_warns_once(sshd, client_key, tmp_
     assert "not on PATH" in warnings[0] and "Include" in warnings[0] and str(cfg) in warnings[0]
     assert jumped.proxy_jump == "lab-hop"
     with Device.open(replace_workdir(jumped, tmp_path), ConnectOptions(ssh_config=cfg)) as dev:
-        assert dev.probe()["ok"] and dev.transport._jump is not None
+        assert dev.probe()["ok"] and dev.transport._hops
 
 
 def test_without_ssh_an_included_host_is_a_clear_error(sshd, client_key, tmp_path,

@@ -180,3 +180,23 @@ def test_optimize_document_round_trips_through_the_envelope(tmp_path):
     assert SideBySide.from_dict(data["finalists"]) == _side()
     with pytest.raises(DocumentError, match="not an edgekit optimize"):
         unwrap({**doc, "schema": "edgekit.advice"}, OPTIMIZE_SCHEMA, {OPTIMIZE_VERSION: None})
+
+
+def test_study_keeps_the_device_proxy_settings():
+    """A study measured through jump hosts or a ProxyCommand resumes through the same ones;
+    a study saved before ``proxy_command`` existed still reads."""
+    from dataclasses import replace
+
+    from edgekit.devices.spec import DeviceSpec
+    from edgekit.search.loop import _spec_dict
+
+    spec = DeviceSpec(name="pi", host="10.0.0.5", user="pi", port=2222, keys=("/k",),
+                      proxy_jump="gw1,bob@gw2:2200")
+    via_command = replace(spec, proxy_jump=None, proxy_command="ssh -W 10.0.0.5:2222 gw")
+    for s in (spec, via_command):
+        settings = replace(_settings(), device="pi", device_spec=_spec_dict(s))
+        back = Settings.from_dict(json.loads(json.dumps(settings.to_dict())))
+        assert back.spec() == s
+    old = _spec_dict(spec)
+    del old["proxy_command"]
+    assert replace(_settings(), device_spec=old).spec() == spec
