@@ -166,7 +166,7 @@ _HOLD_SCRIPT = """
 import sys
 from edgekit.bench import benchmark
 from edgekit.devices.spec import ConnectOptions
-benchmark([sys.argv[1]], devices=[sys.argv[2]], inventory=sys.argv[3], runs=200000, warmup=1,
+benchmark([sys.argv[1]], devices=[sys.argv[2]], inventory=sys.argv[3], runs=3000000, warmup=1,
           connect=ConnectOptions(known_hosts=sys.argv[4]))
 """
 
@@ -181,7 +181,8 @@ def _start_holder(lab, place, digits, inventory, sshd):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "the holder never acquired the place"
         time.sleep(0.2)
-    time.sleep(1.0)  # measuring by now
+    time.sleep(1.0)  # measuring by now (3 million runs of a few microseconds: 10 s or more)
+    assert proc.poll() is None, f"the holder finished before the test: {proc.stderr.read()}"
     return proc
 
 
@@ -224,7 +225,7 @@ def test_ctrl_c_stops_the_wait_and_releases_the_place(lab, sshd, digits, invento
     assert "held by" in err and "alice" in err  # the progress line named the holder
     assert err.strip().splitlines()[-1] in ("aborted", "interrupted")
     lab.client("-p", place, "release", user="alice")
-    measuring = _cli_bench(place, digits, inventory, sshd, "--runs", "400000")
+    measuring = _cli_bench(place, digits, inventory, sshd, "--runs", "3000000")
     deadline = time.monotonic() + 120
     while holder(lab, place) is None:
         assert measuring.poll() is None and time.monotonic() < deadline, measuring.stderr.read()
@@ -347,14 +348,14 @@ def test_power_cycle_on_loss_goes_through_labgrids_power_driver(own_sshd, digits
 
         r = benchmark([digits.tflite_fp32], devices=[f"labgrid:{place}"], inventory=inv,
                       connect=connect_options(own_sshd, power_cycle_on_loss=True),
-                      progress=progress, runs=400000, warmup=1)[0]
+                      progress=progress, runs=3000000, warmup=1)[0]
         assert r.ok, (r.error, lines)
         assert switch.calls == [False, True]  # labgrid's driver switched it off, then on
         assert any("power-cycling labgrid place" in m for m in lines)
         # Without the option, the same loss is the device's error.
         switch.calls.clear()
         r = benchmark([digits.tflite_fp32], devices=[f"labgrid:{place}"], inventory=inv,
-                      connect=connect_options(own_sshd), progress=progress, runs=400000,
+                      connect=connect_options(own_sshd), progress=progress, runs=3000000,
                       warmup=1)[0]
         assert not r.ok and "lost" in r.error and switch.calls == []
         switch.set(True)
