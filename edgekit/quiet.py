@@ -53,10 +53,23 @@ def quiet_environment(env=None) -> None:
         env.setdefault(key, value)
 
 
+class _RootChatter(logging.Filter):
+    """Drops records below ERROR logged on the *root* logger. edgekit logs only on named loggers;
+    ONNX Runtime's quantizer calls ``logging.warning`` directly (e.g. "Axis 1 is out-of-range for
+    weight ... LayerNorm.weight", once per LayerNorm per pass: 50+ lines for a small BERT)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "root" or record.levelno >= logging.ERROR
+
+
 def quiet_python_tools() -> None:
-    """Tools' Python loggers to ERROR and their Python warnings off (the CLI without -v)."""
+    """Tools' Python loggers to ERROR, root-logger chatter off, and their Python warnings off
+    (the CLI without -v)."""
     for name in TOOL_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RootChatter) for f in handler.filters):
+            handler.addFilter(_RootChatter())
     warnings.filterwarnings("ignore", module=_TOOL_WARNING_MODULES)
 
 

@@ -156,3 +156,41 @@ def test_agent_stdout_is_its_json_document_alone_with_xnnpack_on(tmp_path):
     assert len(lines) == 1, proc.stdout
     doc = json.loads(lines[0])
     assert doc["ok"] and doc["runtime_settings"]["xnnpack"] is True
+
+
+def _layernorm_onnx(path):
+    """x [1, 16] -> MatMul -> LayerNormalization -> MatMul -> y: a transformer block's shape,
+    where ONNX Runtime's per-channel quantizer warns about every LayerNorm weight (rank 1)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.ones(16, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(16, np.float32), "beta"),
+             numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], axis=-1),
+             helper.make_node("MatMul", ["n", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 16])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    np.savez(path.with_suffix(".npz"), x=rng.normal(size=(64, 1, 16)).astype(np.float32))
+
+
+def test_onnx_runtimes_root_logger_warnings_stay_out_without_verbose(tmp_path):
+    """ONNX Runtime's quantizer logs on the root logger ("Axis 1 is out-of-range for weight
+    'gamma'"): shown with -v, never without it."""
+    model = tmp_path / "ln.onnx"
+    _layernorm_onnx(model)
+    args = ["convert", model, "--to", "onnx-int8", "--calibration", model.with_suffix(".npz"),
+            "--min-sqnr", "0"]
+    quiet = _edgekit(*args, "--out", tmp_path / "a", cwd=tmp_path)
+    loud = _edgekit("-v", *args, "--out", tmp_path / "b", cwd=tmp_path)
+    assert "out-of-range for weight" in loud.stderr  # ONNX Runtime really says it
+    assert "out-of-range" not in quiet.stderr and "root:" not in quiet.stderr, quiet.stderr
+    assert quiet.returncode == loud.returncode
