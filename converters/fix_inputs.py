@@ -197,26 +197,26 @@ def _rename(node, rename: dict) -> None:
         node.input[i] = rename.get(name, name)
     for i, name in enumerate(node.output):
         node.output[i] = rename.get(name, name)
-    for a in node.attribute:
-        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            for n in g.node:  # references to outer names, inside nested branches
-                _rename(n, rename)
-            for o in g.output:
-                o.name = rename.get(o.name, o.name)
+    for g in _subgraphs(node):
+        for n in g.node:  # references to outer names, inside nested branches
+            _rename(n, rename)
+        for o in g.output:
+            o.name = rename.get(o.name, o.name)
+
+
+def _subgraphs(node) -> list:
+    """The graphs held in ``node``'s attributes (an ``If``'s branches, a ``Loop``'s body)."""
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
 
 
 def _names(graph, skip=None) -> set:
     """Every name the graph uses (nested graphs included), leaving out node ``skip``'s branches."""
     out = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     for n in graph.node:
-        if n is skip:
-            out.update(n.input)
-            out.update(n.output)
-            continue
         out.update(n.input)
         out.update(n.output)
-        for a in n.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+        if n is not skip:
+            for g in _subgraphs(n):
                 out |= _names(g)
     return out
 
@@ -226,9 +226,8 @@ def _used(graph) -> set:
     out = {o.name for o in graph.output}
     for n in graph.node:
         out.update(n.input)
-        for a in n.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                out |= _used(g)
+        for g in _subgraphs(n):
+            out |= _used(g)
     return out
 
 
@@ -252,9 +251,7 @@ def _count_ifs(graph) -> int:
     total = 0
     for n in graph.node:
         total += n.op_type == "If"
-        for a in n.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                total += _count_ifs(g)
+        total += sum(_count_ifs(g) for g in _subgraphs(n))
     return total
 
 

@@ -37,11 +37,12 @@ def per_layer_error(metrics: Optional[dict]) -> Optional[str]:
     return None
 
 
-def top_op_type(metrics: Optional[dict]) -> Optional[tuple[str, float]]:
-    """(op type, share of the per-layer total) of the op type that takes longest, or None."""
+def top_op_type(metrics: Optional[dict]) -> Optional[tuple[str, float, str]]:
+    """(op type, share of the per-layer total, the method that timed it) of the op type that
+    takes longest, or None."""
     doc = per_layer_of(metrics)
     kinds = (doc or {}).get("op_types") or []
-    return (kinds[0]["op_type"], float(kinds[0]["share"])) if kinds else None
+    return (kinds[0]["op_type"], float(kinds[0]["share"]), doc.get("method")) if kinds else None
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,12 @@ def mask(location: Union[str, Path]) -> str:
     return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
 
 
+def with_edgekit_driver(url):
+    """``url`` (a SQLAlchemy ``URL``) with a plain ``postgresql://`` read as psycopg2:
+    edgekit's dependency. SQLAlchemy 2.1 reads it as psycopg (3), which need not be installed."""
+    return url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url
+
+
 def parse_location(location: Union[str, Path]) -> DbLocation:
     """Parse a ``--db`` value.
 
@@ -89,10 +95,7 @@ def parse_location(location: Union[str, Path]) -> DbLocation:
                          "e.g. postgresql://user@host/db") from None
     shown = url.render_as_string(hide_password=True)  # as given, before the driver is named
     backend = url.get_backend_name()
-    if url.drivername == "postgresql":
-        # psycopg2 is edgekit's dependency; SQLAlchemy 2.1 defaults plain postgresql:// to
-        # psycopg (3), which need not be installed.
-        url = url.set(drivername="postgresql+psycopg2")
+    url = with_edgekit_driver(url)
     if backend not in ("sqlite", "postgresql"):
         raise InputError(f"results database {mask(location)}: backend {backend!r} is not "
                          "supported; use a SQLite file path or a postgresql:// URL")

@@ -384,7 +384,7 @@ def _fill_from_result(row: AdviceRow, res) -> None:
         row.accuracy_drop = 100.0 * (row.source_accuracy - row.accuracy)
     top = top_op_type(m)
     if top:
-        row.top_op = [top[0], top[1], m["per_layer"]["method"]]
+        row.top_op = list(top)
 
 
 def _average_repeat(row: AdviceRow, res) -> None:

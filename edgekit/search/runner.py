@@ -186,7 +186,7 @@ class TrialRunner:
             raise TrialFailed("benchmark", res.error or "the device run failed")
         metrics = res.metrics or {}
         top = top_op_type(metrics)  # with --per-layer: where the time goes on the device
-        m["top_op"] = [top[0], top[1], metrics["per_layer"]["method"]] if top else None
+        m["top_op"] = list(top) if top else None
         lat = metrics.get("latency_ms") or {}
         m["p50_ms"], m["p90_ms"] = lat.get("p50"), lat.get("p90")
         m["peak_rss_bytes"] = (metrics.get("memory") or {}).get("peak_rss_bytes")

@@ -219,35 +219,27 @@ def open_storage(url: str):
 
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.engine import make_url
+
+    from edgekit.results.location import mask, with_edgekit_driver
 
     kwargs = {}
-    if url.startswith("postgresql://"):
-        # psycopg2 is edgekit's dependency; SQLAlchemy 2.1 reads a plain postgresql:// URL as
-        # psycopg (3), which need not be installed (the results history does the same).
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     if url.startswith("sqlite"):
         # Several worker processes write one SQLite file: wait for the lock, do not fail.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     try:
+        if url.startswith("postgresql://"):  # the driver the results history uses too
+            url = with_edgekit_driver(make_url(url)).render_as_string(hide_password=False)
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                   max_retry=1), **kwargs)
     except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
-        raise InputError(f"cannot open study storage {redact_url(url)}: "
+        raise InputError(f"cannot open study storage {mask(url)}: "
                          f"{str(e).splitlines()[0]}") from e
     except Exception as e:  # SQLAlchemy raises its own hierarchy for bad URLs; others re-raised
         if type(e).__module__.startswith("sqlalchemy"):
-            raise InputError(f"cannot open study storage {redact_url(url)}: "
+            raise InputError(f"cannot open study storage {mask(url)}: "
                              f"{str(e).splitlines()[0]}") from e
         raise
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password of ``scheme://user:password@host`` replaced by ***."""
-    head, sep, tail = url.partition("@")
-    if not sep or "://" not in head:
-        return url
-    scheme, _, cred = head.partition("://")
-    return f"{scheme}://{cred.split(':')[0]}:***@{tail}" if ":" in cred else url

@@ -47,32 +47,48 @@ def _conv(name, x, w, b, out, stride=1, pad=1):
                             pads=[pad] * 4)
 
 
+def _he(rng):
+    """He-normal initialiser drawing from ``rng``."""
+    def he(*shape):
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+    return he
+
+
+def _backbone(he) -> tuple[dict, list]:
+    """The heads' shared backbone: three 3x3 convs with ReLU (stride 2, 2, 1), ``image`` -> ``r3``
+    (its weights drawn first, so each head's own weights come after them from the same rng)."""
+    from onnx import helper
+
+    inits = {
+        "w1": he(32, 3, 3, 3), "b1": np.zeros(32, np.float32),
+        "w2": he(64, 32, 3, 3), "b2": np.zeros(64, np.float32),
+        "w3": he(64, 64, 3, 3), "b3": np.zeros(64, np.float32),
+    }
+    nodes = [
+        _conv("conv1", "image", "w1", "b1", "c1", 2), helper.make_node("Relu", ["c1"], ["r1"]),
+        _conv("conv2", "r1", "w2", "b2", "c2", 2), helper.make_node("Relu", ["c2"], ["r2"]),
+        _conv("conv3", "r2", "w3", "b3", "c3", 1), helper.make_node("Relu", ["c3"], ["r3"]),
+    ]
+    return inits, nodes
+
+
 def yolo_head(folder: Path, classes: int = 8, seed: int = 0) -> Path:
     """A YOLOv8-style detector head on a small conv backbone (see the module docstring)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
-
-    def he(*shape):
-        fan_in = int(np.prod(shape[1:]))
-        return (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-    inits = {
-        "w1": he(32, 3, 3, 3), "b1": np.zeros(32, np.float32),
-        "w2": he(64, 32, 3, 3), "b2": np.zeros(64, np.float32),
-        "w3": he(64, 64, 3, 3), "b3": np.zeros(64, np.float32),
+    he = _he(np.random.default_rng(seed))
+    inits, nodes = _backbone(he)
+    inits |= {
         "wb": he(4, 64, 1, 1), "bb": np.zeros(4, np.float32),
         "wc": he(classes, 64, 1, 1), "bc": np.zeros(classes, np.float32),
         # cx, cy anywhere in a 320-pixel image, w, h up to 64 pixels
         "box_scale": np.array([320, 320, 64, 64], np.float32).reshape(1, 4, 1, 1),
         "shape": np.array([0, 4 + classes, -1], np.int64),
     }
-    nodes = [
-        _conv("conv1", "image", "w1", "b1", "c1", 2), helper.make_node("Relu", ["c1"], ["r1"]),
-        _conv("conv2", "r1", "w2", "b2", "c2", 2), helper.make_node("Relu", ["c2"], ["r2"]),
-        _conv("conv3", "r2", "w3", "b3", "c3", 1), helper.make_node("Relu", ["c3"], ["r3"]),
+    nodes += [
         _conv("box", "r3", "wb", "bb", "box_logits", 1, 0),
         helper.make_node("Sigmoid", ["box_logits"], ["box_unit"]),
         helper.make_node("Mul", ["box_unit", "box_scale"], ["boxes"]),
@@ -115,28 +131,19 @@ def anchor_head(folder: Path, seed: int = 0) -> Path:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
-
-    def he(*shape):
-        return (rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
-
+    he = _he(np.random.default_rng(seed))
+    inits, nodes = _backbone(he)
     cells = (IMG // 4) ** 2
     # x/y offsets within +-16 px, w/h 0..128 px, keypoints within +-64 px of the anchor
     scale = np.array([32, 32, 128, 128] + [128] * 12, np.float32).reshape(1, 16, 1, 1)
     shift = np.array([16, 16, 0, 0] + [64] * 12, np.float32).reshape(1, 16, 1, 1)
-    inits = {
-        "w1": he(32, 3, 3, 3), "b1": np.zeros(32, np.float32),
-        "w2": he(64, 32, 3, 3), "b2": np.zeros(64, np.float32),
-        "w3": he(64, 64, 3, 3), "b3": np.zeros(64, np.float32),
+    inits |= {
         "wb": he(16, 64, 1, 1), "bb": np.zeros(16, np.float32),
         "wc": he(1, 64, 1, 1), "bc": np.zeros(1, np.float32),
         "scale": scale, "shift": shift,
         "shape": np.array([0, cells, 17], np.int64), "split": np.array([16, 1], np.int64),
     }
-    nodes = [
-        _conv("conv1", "image", "w1", "b1", "c1", 2), helper.make_node("Relu", ["c1"], ["r1"]),
-        _conv("conv2", "r1", "w2", "b2", "c2", 2), helper.make_node("Relu", ["c2"], ["r2"]),
-        _conv("conv3", "r2", "w3", "b3", "c3", 1), helper.make_node("Relu", ["c3"], ["r3"]),
+    nodes += [
         _conv("box", "r3", "wb", "bb", "box_logits", 1, 0),
         helper.make_node("Sigmoid", ["box_logits"], ["box_unit"]),
         helper.make_node("Mul", ["box_unit", "scale"], ["box_px"]),
@@ -235,3 +242,19 @@ def hardswish_map(folder: Path, seed: int = 0) -> Path:
     path = Path(folder) / "hardswish_map.onnx"
     onnx.save(model, path)
     return path
+
+
+def ort_default_int8(model: Path, x: np.ndarray, out: Path, input_name: str = "image") -> Path:
+    """ONNX Runtime's own ``quantize_static`` with its defaults (what a user of the raw tool
+    gets), calibrated on ``x`` one sample at a time."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{input_name: x[i:i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(model), str(out), Reader())
+    return out

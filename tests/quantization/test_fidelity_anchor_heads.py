@@ -17,7 +17,7 @@ from edgekit.fidelity import detection as det
 from edgekit.fidelity.tasks import judge_detection_pair, ssd_pairs
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fidelity_models import anchor_head, photo_crops
+from fidelity_models import anchor_head, ort_default_int8, photo_crops
 
 
 def _raw_head(rng, n=8, anchors=128):
@@ -81,20 +81,8 @@ def head(tmp_path_factory):
 
 
 def test_naive_int8_anchor_head_misses_detection_f1(head, tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
     model, d = head
-    x = np.load(d / "calib.npz")["image"]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"image": x[i:i + 1]} for i in range(len(x))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    raw = tmp_path / "raw.onnx"
-    quantize_static(str(model), str(raw), Reader())
+    raw = ort_default_int8(model, np.load(d / "calib.npz")["image"], tmp_path / "raw.onnx")
     res = evaluate_artifact(model, raw, eval=d / "eval.npz")
     f = res["fidelity"]
     assert f["task"] == "detection" and f["task_metric"]["name"] == "detection_f1"

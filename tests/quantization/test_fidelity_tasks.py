@@ -24,7 +24,14 @@ from edgekit.fidelity.tasks import Task, detect_task, judge_output
 from edgekit.gate import gate_for
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fidelity_models import constant_head, hardswish_map, near_zero_map, photo_crops, yolo_head
+from fidelity_models import (
+    constant_head,
+    hardswish_map,
+    near_zero_map,
+    ort_default_int8,
+    photo_crops,
+    yolo_head,
+)
 
 
 def _fid(*outs, origin="eval"):
@@ -228,19 +235,8 @@ def test_calibration_only_verifies_on_samples_held_apart(detector, photos, tmp_p
 
 
 def test_evaluate_artifact_judges_a_raw_tools_int8(detector, photos, tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-    x = np.load(photos / "calib.npz")["image"]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"image": x[i:i + 1]} for i in range(len(x))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    raw = tmp_path / "raw.onnx"
-    quantize_static(str(detector), str(raw), Reader())
+    raw = ort_default_int8(detector, np.load(photos / "calib.npz")["image"],
+                           tmp_path / "raw.onnx")
     res = evaluate_artifact(detector, raw, eval=photos / "eval.npz")
     assert res["fidelity"]["task"] == "detection"
     assert res["gate_misses"] and res["fidelity"]["task_metric"]["value"] < 0.9
