@@ -11,6 +11,7 @@ import select
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Optional
 
@@ -61,6 +62,9 @@ class ProxyProcess(paramiko.ProxyCommand):
         self.stderr_text: Optional[str] = None  # what it wrote to stderr, once closed
         self.killed = False  # ended by close(), not by itself
         self._eof = False
+        # paramiko's transport thread and the device's close() may both close us, at once
+        self._close_lock = threading.Lock()
+        self._reaped = False
 
     def recv(self, size: int) -> bytes:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -78,6 +82,12 @@ class ProxyProcess(paramiko.ProxyCommand):
                 raise paramiko.ProxyCommandFailure(self.command, e.strerror) from e
 
     def close(self) -> None:
+        with self._close_lock:
+            if not self._reaped:
+                self._close()
+                self._reaped = True
+
+    def _close(self) -> None:
         if self._eof:  # it closed its stdout: let it finish, so its exit is its own
             try:
                 self.process.wait(1.0)
